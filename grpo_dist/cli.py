@@ -1,0 +1,80 @@
+"""The ``grpo-dist`` command line.
+
+Arguments are parsed before anything heavy (torch, Ray, vLLM) is imported, so ``--help`` and
+``validate`` answer at once. Each subcommand's work lives in its own module; this file only wires them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from grpo_dist import __version__
+
+_EPILOG = """\
+overrides are dotted keys with YAML values, e.g.
+  grpo-dist validate configs/tiny.yaml rollout.num_generations=8 algo.preset=dapo
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: section.field=value")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from grpo_dist.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps(cfg.to_dict(), indent=2))
+    else:
+        print(cfg.to_yaml(), end="")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    import yaml
+
+    from grpo_dist.config import PRESETS
+
+    print(yaml.safe_dump(PRESETS, sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grpo-dist",
+        description="Distributed GRPO training: vLLM rollouts, reward workers, DeepSpeed ZeRO learners on Ray.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"grpo-dist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", help="check a config and print it fully resolved (or every error)")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("presets", help="print the algorithm presets (algo.preset) and the values they set")
+    p.set_defaults(func=_cmd_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

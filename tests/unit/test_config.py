@@ -1,0 +1,174 @@
+"""The config tree: every shipped file validates; bad values are refused naming field and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpo_dist.cli import main
+from grpo_dist.config import PRESETS, ConfigError, apply_overrides, load_config, parse_config
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+def test_configs_dir_is_not_empty() -> None:
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    # the resolved dump reloads to the same tree (what `validate` prints is a runnable config)
+    assert parse_config(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def _errors(overrides: list[str], raw: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(apply_overrides(raw or {}, overrides))
+    return "\n".join(info.value.errors)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("rollout.num_generations=1", "rollout.num_generations = 1: Input should be greater than or equal to 2"),
+        ("learner.lr=0", "learner.lr = 0: Input should be greater than 0"),
+        ("learner.lr=-1e-5", "learner.lr = -1e-05"),
+        ("rollout.temperature=0", "rollout.temperature = 0"),
+        ("rollout.num_generations=four", "rollout.num_generations = 'four': Input should be a valid integer"),
+        ("learner.zero_stage=4", "learner.zero_stage = 4"),
+        ("algo.loss_agg_mode=mean", "algo.loss_agg_mode = 'mean'"),
+        ("algo.kl_estimator=k4", "'k1', 'k2' or 'k3'"),
+        ("data.overlong_prompt_policy=drop", "'error', 'filter' or 'truncate'"),
+        ("trainer.total_steps=true", "trainer.total_steps = True: Input should be a valid integer"),
+    ],
+)
+def test_bad_values_name_field_and_value(override: str, expected: str) -> None:
+    assert expected in _errors([override])
+
+
+def test_unknown_key_is_rejected_with_suggestion() -> None:
+    msg = _errors(["rollout.temprature=0.7"])
+    assert "rollout.temprature: unknown key" in msg
+    assert "did you mean 'temperature'" in msg
+
+
+def test_unknown_section_is_rejected() -> None:
+    assert "optimizer: unknown key" in _errors(["optimizer.lr=1"])
+
+
+def test_batch_not_divisible_by_ranks_times_micro_batch() -> None:
+    msg = _errors(
+        [
+            "learner.num_ranks=3",
+            "learner.micro_batch_size=2",
+            "learner.mini_batch_size=4",
+            "data.train_batch_size=8",
+            "rollout.num_generations=4",
+        ]
+    )
+    assert "learner.num_ranks x learner.micro_batch_size = 3 x 2 = 6" in msg
+    assert "4 x 4 = 16 sequences" in msg
+
+
+def test_mini_batch_must_divide_train_batch() -> None:
+    msg = _errors(["data.train_batch_size=6", "learner.mini_batch_size=4"])
+    assert "learner.mini_batch_size = 4 must divide data.train_batch_size = 6" in msg
+
+
+def test_prompt_plus_response_longer_than_context() -> None:
+    msg = _errors(["data.max_prompt_length=500", "data.max_response_length=100"])
+    assert "500 + 100 = 600 exceeds the model's context of 512 tokens" in msg
+
+
+def test_context_read_from_model_directory(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 64}')
+    msg = _errors([f"model.path={tmp_path}", "data.max_prompt_length=48", "data.max_response_length=32"])
+    assert "exceeds the model's context of 64 tokens" in msg
+
+
+def test_several_errors_reported_together() -> None:
+    msg = _errors(["learner.lr=0", "rollout.num_generations=1", "rollout.top_p=2"])
+    assert "learner.lr" in msg and "rollout.num_generations" in msg and "rollout.top_p" in msg
+
+
+def test_reward_function_path_must_be_module_colon_function() -> None:
+    msg = _errors(["reward.functions=[{name: mine, path: 'my_pkg.rewards.score'}]"])
+    assert "reward.functions.0" in msg and "module:function" in msg
+
+
+def test_duplicate_reward_names_rejected() -> None:
+    msg = _errors(["reward.functions=[{name: exact_match}, {name: exact_match}]"])
+    assert "duplicate names ['exact_match']" in msg
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_set_their_values(preset: str) -> None:
+    cfg = parse_config({"algo": {"preset": preset}})
+    for key, value in PRESETS[preset].items():
+        assert getattr(cfg.algo, key) == value, key
+
+
+def test_explicit_keys_override_the_preset() -> None:
+    cfg = parse_config({"algo": {"preset": "dapo", "clip_ratio_high": 0.3}})
+    assert cfg.algo.clip_ratio_high == 0.3
+    assert cfg.algo.loss_agg_mode == "token-mean"  # the rest still comes from the preset
+    cfg = load_config(None, ["algo.preset=gspo", "algo.kl_coef=0.01"])
+    assert (cfg.algo.ratio_level, cfg.algo.kl_coef) == ("sequence", 0.01)
+
+
+def test_scale_rewards_is_an_alias_of_norm_adv_by_std() -> None:
+    assert parse_config({"algo": {"scale_rewards": False}}).algo.norm_adv_by_std is False
+    assert "aliases" in _errors([], {"algo": {"scale_rewards": False, "norm_adv_by_std": True}})
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = load_config(None, ["learner.betas=[0.9, 0.95]", 'rollout.stop=["\\n"]', "model.path=null"])
+    assert cfg.learner.betas == [0.9, 0.95]
+    assert cfg.rollout.stop == ["\n"]
+
+
+def test_override_into_list_items(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  functions:\n    - {name: exact_match}\n")
+    assert load_config(path, ["reward.functions.0.weight=2"]).reward.functions[0].weight == 2.0
+    with pytest.raises(ConfigError, match=r"index in 0\.\.0"):
+        load_config(path, ["reward.functions.3.weight=2"])
+
+
+def test_malformed_override_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"expected 'section\.field=value'"):
+        load_config(None, ["rollout.num_generations"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping of sections") as info:
+        load_config(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_cli_validate_prints_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(CONFIGS[0]), "algo.preset=dapo", "algo.kl_coef=0.0"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["algo"]["clip_ratio_high"] == 0.28
+    assert set(out) >= {"data", "rollout", "reward", "algo", "learner", "sync", "trainer", "cluster", "logging"}
+
+
+def test_cli_validate_reports_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(CONFIGS[0]), "learner.lr=0"]) == 2
+    err = capsys.readouterr().err
+    assert "learner.lr = 0" in err and str(CONFIGS[0]) in err
+
+
+def test_scientific_notation_without_dot_is_a_float(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  lr: 3e-6\n")
+    assert load_config(path).learner.lr == 3e-6
+    assert load_config(None, ["learner.lr=2e-5"]).learner.lr == 2e-5
+
+
+def test_non_finite_numbers_rejected() -> None:
+    assert "learner.lr = inf" in _errors(["learner.lr=.inf"])
