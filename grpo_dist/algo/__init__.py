@@ -1,0 +1,39 @@
+"""Pure-torch GRPO algorithm core: advantages, log-probs, KL estimators and the policy loss.
+
+Nothing here knows about Ray, vLLM or DeepSpeed; the learner and the rollout code call these functions
+on plain tensors, which keeps the maths unit-testable on a CPU.
+"""
+
+from __future__ import annotations
+
+from grpo_dist.algo.advantages import BASELINES, compute_advantages, group_reward_std, zero_std_group_mask
+from grpo_dist.algo.aggregation import (
+    LOSS_AGG_MODES,
+    aggregate_loss,
+    data_parallel_denominator,
+    loss_denominator,
+)
+from grpo_dist.algo.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_penalty
+from grpo_dist.algo.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, token_entropy, token_logprobs
+from grpo_dist.algo.losses import RATIO_LEVELS, importance_log_ratio, policy_loss
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_CHUNK_SIZE",
+    "KL_ESTIMATORS",
+    "LOG_RATIO_CLAMP",
+    "LOSS_AGG_MODES",
+    "RATIO_LEVELS",
+    "aggregate_loss",
+    "compute_advantages",
+    "data_parallel_denominator",
+    "group_reward_std",
+    "importance_log_ratio",
+    "kl_penalty",
+    "loss_denominator",
+    "policy_loss",
+    "sequence_logprobs",
+    "token_entropy",
+    "token_logprobs",
+    "zero_std_group_mask",
+]
