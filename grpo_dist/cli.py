@@ -40,6 +40,46 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def _load_or_exit(path: str, overrides: list[str]):  # -> Config | None
+    from grpo_dist.config import ConfigError, load_config
+
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(args.config, args.overrides)
+    if cfg is None:
+        return 2
+    _setup_logging()
+    from grpo_dist.controller import Trainer
+
+    with Trainer(cfg) as trainer:
+        trainer.run()
+    print(f"run directory: {trainer.run_dir}")
+    return 0
+
+
+def _cmd_init_model(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from grpo_dist.models.assets import ensure_embedded_model
+
+    path = ensure_embedded_model(force=args.force)
+    print(path)
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     import yaml
 
@@ -63,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="run GRPO training (metrics, rollouts and the final model in the run directory)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("init-model", help="build the embedded default model and tokenizer into the cache")
+    p.add_argument("--force", action="store_true", help="rebuild even if it is cached")
+    p.set_defaults(func=_cmd_init_model)
 
     p = sub.add_parser("presets", help="print the algorithm presets (algo.preset) and the values they set")
     p.set_defaults(func=_cmd_presets)

@@ -132,6 +132,9 @@ class RolloutConfig(_Section):
     """Skip CUDA graphs / torch.compile: faster start, slightly slower decode."""
     request_timeout_s: float = Field(600.0, gt=0.0)
     """Deadline for one engine's share of a rollout batch."""
+    chunks_per_engine: int = Field(2, ge=1)
+    """Each engine's share of a batch is sent as this many requests, so that reward workers score the
+    first groups while the engine generates the rest."""
 
 
 class RewardFunctionConfig(_Section):
@@ -166,6 +169,8 @@ class RewardConfig(_Section):
     """A function that raises, times out or returns a non-finite value: ``fail`` stops the run;
     ``mask_sample`` excludes that completion from the loss; ``mask_group`` excludes its prompt's group.
     Every masked sample is counted in metrics; a failure never becomes a silent 0."""
+    collect_timeout_s: float = Field(600.0, gt=0.0)
+    """Deadline for the reward workers to finish a step's scoring after the last rollout arrived."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -6,7 +6,13 @@ on plain tensors, which keeps the maths unit-testable on a CPU.
 
 from __future__ import annotations
 
-from grpo_dist.algo.advantages import BASELINES, compute_advantages, group_reward_std, zero_std_group_mask
+from grpo_dist.algo.advantages import (
+    BASELINES,
+    compute_advantages,
+    group_reward_std,
+    masked_group_advantages,
+    zero_std_group_mask,
+)
 from grpo_dist.algo.aggregation import (
     LOSS_AGG_MODES,
     aggregate_loss,
@@ -31,6 +37,7 @@ __all__ = [
     "importance_log_ratio",
     "kl_penalty",
     "loss_denominator",
+    "masked_group_advantages",
     "policy_loss",
     "sequence_logprobs",
     "token_entropy",

@@ -115,3 +115,34 @@ def zero_std_group_mask(rewards: torch.Tensor | Sequence[float], group_size: int
     ``frac_reward_zero_std``, and DAPO's dynamic sampling drops them and samples more prompts.
     """
     return _zero_std(_as_groups(rewards, group_size))
+
+
+def masked_group_advantages(
+    rewards: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    scale_by_std: bool = True,
+    eps: float = 1e-6,
+    baseline: str = "mean",
+) -> torch.Tensor:
+    """``[P, G]`` advantages where only ``valid`` samples form each group's statistics.
+
+    A sample masked by the reward failure policy has no reward (NaN): it must neither shift its group's
+    baseline nor receive a gradient, so its advantage is 0 and the group is normalised over the valid
+    samples alone. A group with fewer than 2 valid samples has no relative signal: all zeros.
+    """
+    r = torch.as_tensor(rewards, dtype=torch.float64)  # [P, G]
+    ok = torch.as_tensor(valid, dtype=torch.bool)  # [P, G]
+    if r.shape != ok.shape or r.dim() != 2:
+        raise ValueError(f"rewards {tuple(r.shape)} and valid {tuple(ok.shape)} must both be [num_prompts, G]")
+    out = torch.zeros_like(r)
+    full = ok.all(dim=-1)  # [P] the common case: one batched call
+    if full.any():
+        out[full] = compute_advantages(r[full], scale_by_std=scale_by_std, eps=eps, baseline=baseline)
+    for p in torch.nonzero(~full).flatten().tolist():
+        idx = torch.nonzero(ok[p]).flatten()
+        if idx.numel() >= 2:
+            out[p, idx] = compute_advantages(
+                r[p, idx], idx.numel(), scale_by_std=scale_by_std, eps=eps, baseline=baseline
+            )
+    return out

@@ -134,3 +134,19 @@ def test_properties_of_random_groups(groups: list[list[float]], baseline: str, s
     torch.testing.assert_close(varied.mean(dim=-1), torch.zeros(varied.shape[0], dtype=torch.float64))
     if scale_by_std and baseline == "mean":
         torch.testing.assert_close(varied.std(dim=-1, correction=0), torch.ones(varied.shape[0], dtype=torch.float64))
+
+
+def test_masked_group_advantages_ignore_invalid_samples() -> None:
+    from grpo_dist.algo import masked_group_advantages
+
+    nan = float("nan")
+    rewards = torch.tensor([[2.0, 0.0, 2.0, 0.0], [1.0, nan, 3.0, 5.0], [nan, 1.0, nan, nan]])
+    valid = ~torch.isnan(rewards)
+    adv = masked_group_advantages(rewards, valid)
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=adv.dtype), atol=1e-5)
+    # group 1 is normalised over {1, 3, 5}: mean 3, population std sqrt(8/3)
+    std = (8 / 3) ** 0.5
+    expected = torch.tensor([-2 / (std + 1e-6), 0.0, 0.0, 2 / (std + 1e-6)], dtype=adv.dtype)
+    assert torch.allclose(adv[1], expected)
+    assert torch.equal(adv[2], torch.zeros(4, dtype=adv.dtype))  # one valid sample: no relative signal
+    assert not torch.isnan(adv).any()

@@ -1,0 +1,362 @@
+"""The training loop: one readable step after another.
+
+```
+ prompts (PromptCursor over the dataset)
+    │
+    ▼
+ EnginePool.generate ── G completions per prompt, seeded per sample, tagged with the weights version
+    │  (groups stream out as each engine finishes)
+    ▼
+ RewardPool.submit / collect ── weighted reward components, validated, failures masked or fatal
+    │
+    ▼
+ advantages (grpo_dist.algo, over each group's valid samples)
+    │
+    ▼
+ LearnerGroup.train ── DeepSpeed ZeRO ranks: (old / ref logprobs), GRPO loss, optimizer steps
+    │
+    ▼
+ WeightSync.sync ── bucketed, checksummed, with a deadline ──► every engine at version = step
+```
+
+Each phase is timed (``timing/*_s``); each step's metrics go to ``metrics.jsonl``, TensorBoard and the
+terminal, and every completion to ``rollouts/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpo_dist import algo, cluster, metrics
+from grpo_dist.config import Config, model_context_length
+from grpo_dist.types import Prompt, ScoredGroup
+
+logger = logging.getLogger("grpo_dist")
+
+
+class TrainingAborted(RuntimeError):  # noqa: N818 - a state, not a programming error
+    pass
+
+
+@dataclass
+class Step:
+    """What one step produced, before it is logged."""
+
+    groups: list[ScoredGroup]
+    advantages: torch.Tensor  # [P, G]
+    metrics: dict[str, float]
+
+
+class Trainer:
+    """Owns the actors of a run and drives the step loop. Use as a context manager: actors stop on exit."""
+
+    def __init__(self, cfg: Config, *, run_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.trainer.output_dir)
+        self.engines: Any = None
+        self.learners: Any = None
+        self.rewards: Any = None
+        self.weight_sync: Any = None
+
+    # --------------------------------------------------------------------------------------------- set-up
+
+    def __enter__(self) -> Trainer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def start(self) -> None:
+        from transformers import AutoTokenizer
+
+        from grpo_dist.data import PromptCursor, load_prompts
+        from grpo_dist.learner.group import LearnerGroup
+        from grpo_dist.models.assets import resolve_data_files, resolve_model_path
+        from grpo_dist.reward.worker import RewardPool
+        from grpo_dist.rollout.pool import EnginePool
+        from grpo_dist.sync.manager import WeightSync
+
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.device = cluster.resolve_device(cfg)
+        self.model_path = resolve_model_path(cfg)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        train_files, eval_files = resolve_data_files(cfg)
+        # all data is read and checked before any actor starts
+        self.train_prompts, train_stats = load_prompts(train_files, self.tokenizer, cfg.data, source="train")
+        self.eval_prompts, _ = load_prompts(eval_files, self.tokenizer, cfg.data, source="eval")
+        if cfg.eval.max_prompts:
+            self.eval_prompts = self.eval_prompts[: cfg.eval.max_prompts]
+        self.data_metrics = {f"data/{k}": v for k, v in train_stats.metrics().items()}
+        self.cursor = PromptCursor(
+            len(self.train_prompts),
+            batch_size=cfg.data.train_batch_size,
+            seed=cfg.trainer.seed,
+            shuffle=cfg.data.shuffle,
+        )
+        plan = cluster.resource_plan(cfg, self.device)
+        cluster.init_ray(cfg, plan)
+        cluster.check_resources(plan)
+        max_model_len = cfg.data.max_prompt_length + cfg.data.max_response_length
+        context = model_context_length(cfg.model.model_copy(update={"path": self.model_path}))
+        if context is not None and max_model_len > context:
+            raise ValueError(
+                f"data.max_prompt_length + data.max_response_length = {max_model_len} exceeds the context of "
+                f"{self.model_path} ({context} tokens)"
+            )
+        # engines start in their own processes while the learner ranks rendezvous
+        self.engines = EnginePool(cfg, model_path=self.model_path, device=self.device, max_model_len=max_model_len)
+        self.rewards = RewardPool(
+            cfg.reward,
+            max_response_length=cfg.data.max_response_length,
+            num_cpus=cfg.cluster.num_cpus_per_reward_worker,
+            extra_sys_path=[os.getcwd(), *sys.path],
+        )
+        self.learners = LearnerGroup(cfg, model_path=self.model_path, device=self.device)
+        self.engines.wait_ready()
+        self.weight_sync = WeightSync(cfg, self.learners, self.engines, device=self.device)
+        self.metrics = metrics.MetricsLogger(cfg, self.run_dir, total_steps=cfg.trainer.total_steps)
+
+    def shutdown(self) -> None:
+        for part in (self.rewards, self.engines, self.learners):
+            if part is not None:
+                part.shutdown()
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+        import ray
+
+        if self.cfg.cluster.address == "local" and ray.is_initialized():
+            ray.shutdown()
+
+    # ----------------------------------------------------------------------------------------------- loop
+
+    def run(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        history = []
+        if cfg.trainer.eval_every >= 0 and self.eval_prompts:
+            self._log_eval(0)
+        for step in range(1, cfg.trainer.total_steps + 1):
+            record = self.train_step(step)
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.total_steps:
+                record |= self._log_eval(step, log=False)
+            self.metrics.log(step, record)
+            history.append(record)
+        if self.eval_prompts:
+            self._log_eval(cfg.trainer.total_steps)
+        self.learners.save_hf(str(self.run_dir / "final"))
+        return history
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        t_step = time.perf_counter()
+        prompts = [self.train_prompts[i] for i in self.cursor.next_batch()]
+        groups, timing, rounds = self._sample(step, prompts)
+        result = self._advantages(groups)
+        t0 = time.perf_counter()
+        batch = self._train_batch(result)
+        train_metrics = self.learners.train(batch, step)
+        timing["timing/train_s"] = time.perf_counter() - t0
+        if train_metrics.get("consecutive_nonfinite", 0) >= cfg.learner.max_nonfinite_steps:
+            raise TrainingAborted(
+                f"step {step}: loss or gradient non-finite in {int(train_metrics['consecutive_nonfinite'])} "
+                f"consecutive steps (learner.max_nonfinite_steps = {cfg.learner.max_nonfinite_steps})"
+            )
+        timing |= self.weight_sync.sync(version=step)
+        timing["timing/step_s"] = time.perf_counter() - t_step
+        num_tokens = sum(len(c.token_ids) for g in result.groups for c in g.group.completions)
+        record = {
+            **result.metrics,
+            **{k: v for k, v in train_metrics.items() if k != "consecutive_nonfinite"},
+            **timing,
+            metrics.TOKENS_PER_S: num_tokens / max(timing["timing/rollout_s"], 1e-9),
+            "throughput/samples_per_s": len(batch.advantages) / timing["timing/step_s"],
+            metrics.WEIGHTS_VERSION: float(step),
+            "rollout/sampling_rounds": float(rounds),
+            "data/epoch": float(self.cursor.epoch),
+        }
+        if cfg.logging.log_rollouts:
+            from grpo_dist.rollout_log import rollout_rows, write_rollouts
+
+            write_rollouts(self.run_dir, step, rollout_rows(step, result.groups, result.advantages.tolist()))
+        return record
+
+    # ---------------------------------------------------------------------------------------------- phases
+
+    def _generate_and_score(
+        self, step: int, prompts: list[Prompt], stream: str
+    ) -> tuple[list[ScoredGroup], float, float]:
+        """Rollout with rewards scored as groups arrive; returns groups in prompt order and phase times."""
+        from grpo_dist.rollout.engine import SamplingSpec
+
+        r = self.cfg.rollout
+        spec = SamplingSpec(
+            n=r.num_generations,
+            max_tokens=self.cfg.data.max_response_length,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            stop=tuple(r.stop),
+            ignore_eos=r.ignore_eos,
+        )
+        min_version = max(0, step - 1 - self.cfg.sync.max_staleness)
+        t0 = time.perf_counter()
+        for groups in self.engines.generate(
+            prompts, spec, step=step, stream=stream, min_version=min_version, chunks_per_engine=r.chunks_per_engine
+        ):
+            self.rewards.submit(groups)
+        t_rollout = time.perf_counter() - t0
+        scored = self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s)
+        t_reward = time.perf_counter() - t0 - t_rollout
+        order = {p.prompt_id: i for i, p in enumerate(prompts)}
+        scored.sort(key=lambda s: order[s.group.prompt.prompt_id])
+        if [s.group.prompt.prompt_id for s in scored] != [p.prompt_id for p in prompts]:
+            raise RuntimeError(f"step {step}: rollout returned groups for other prompts than were sent")
+        for s in scored:
+            if len(s.group.completions) != r.num_generations:
+                raise RuntimeError(
+                    f"step {step}: prompt {s.group.prompt.prompt_id} got {len(s.group.completions)} completions, "
+                    f"expected {r.num_generations}"
+                )
+        return scored, t_rollout, t_reward
+
+    def _sample(self, step: int, prompts: list[Prompt]) -> tuple[list[ScoredGroup], dict[str, float], int]:
+        """One rollout round, or with DAPO dynamic sampling as many as needed (bounded) to fill the batch
+        with groups whose rewards differ."""
+        a = self.cfg.algo
+        groups, t_rollout, t_reward = self._generate_and_score(step, prompts, "train")
+        rounds = 1
+        if a.dynamic_sampling:
+            keep = [g for g in groups if not _zero_std(g)]
+            dropped = [g for g in groups if _zero_std(g)]
+            while len(keep) < len(prompts) and rounds < a.max_sampling_rounds:
+                extra = [self.train_prompts[i] for i in self.cursor.take(len(prompts) - len(keep))]
+                more, tr, tw = self._generate_and_score(step, extra, f"train-round{rounds}")
+                t_rollout, t_reward, rounds = t_rollout + tr, t_reward + tw, rounds + 1
+                keep += [g for g in more if not _zero_std(g)]
+                dropped += [g for g in more if _zero_std(g)]
+            # still short after the last round: fill with zero-signal groups (advantage 0, no gradient)
+            groups = (keep + dropped)[: len(prompts)]
+        return groups, {"timing/rollout_s": t_rollout, "timing/reward_s": t_reward}, rounds
+
+    def _advantages(self, groups: list[ScoredGroup]) -> Step:
+        a = self.cfg.algo
+        rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float64)  # [P, G], NaN where invalid
+        valid = torch.tensor([g.valid for g in groups], dtype=torch.bool)  # [P, G]
+        adv = algo.masked_group_advantages(
+            torch.where(valid, rewards, torch.zeros_like(rewards)),
+            valid,
+            scale_by_std=a.norm_adv_by_std,
+            eps=a.adv_eps,
+            baseline=a.baseline,
+        )
+        return Step(groups, adv, _rollout_metrics(groups, valid, rewards, self.cfg.data.max_response_length))
+
+    def _train_batch(self, step: Step) -> Any:
+        from grpo_dist.learner.batch import collate
+
+        cfg = self.cfg
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch = collate(step.groups, step.advantages.flatten().float(), pad_token_id=pad)
+        optimizer_steps = cfg.learner.ppo_epochs * (cfg.data.train_batch_size // cfg.learner.mini_batch_size)
+        updates: dict[str, Any] = {}
+        if cfg.learner.recompute_old_logprobs and optimizer_steps > 1:
+            updates["old_logprobs"] = self.learners.compute_logprobs(batch)
+        if cfg.algo.kl_coef > 0:
+            updates["ref_logprobs"] = self.learners.compute_logprobs(batch, reference=True)
+        if updates:
+            from dataclasses import replace
+
+            batch = replace(batch, **updates)
+        return batch
+
+    # ------------------------------------------------------------------------------------------------ eval
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """pass@1 greedy, pass@1 over samples and pass@k on the held-out prompts, with the engines."""
+        from grpo_dist.evaluation import eval_metrics
+        from grpo_dist.rollout.engine import SamplingSpec
+
+        e, d = self.cfg.eval, self.cfg.data
+        t0 = time.perf_counter()
+        sampled_spec = SamplingSpec(
+            n=e.num_samples,
+            max_tokens=d.max_response_length,
+            temperature=e.temperature,
+            stop=tuple(self.cfg.rollout.stop),
+        )
+        greedy_spec = SamplingSpec(
+            n=1, max_tokens=d.max_response_length, greedy=True, stop=tuple(self.cfg.rollout.stop)
+        )
+        sampled = self._score_all(step, self.eval_prompts, sampled_spec, "eval")
+        greedy = self._score_all(step, self.eval_prompts, greedy_spec, "eval-greedy")
+        out = eval_metrics(
+            [[r > 0.5 for r in s.components[self._correctness_key()]] for s in sampled],
+            e.k_values,
+            greedy=[s.components[self._correctness_key()][0] > 0.5 for s in greedy],
+        )
+        out["timing/eval_s"] = time.perf_counter() - t0
+        if self.cfg.logging.log_rollouts:
+            from grpo_dist.rollout_log import rollout_rows, write_rollouts
+
+            zeros = [[0.0] * len(s.rewards) for s in greedy]
+            write_rollouts(self.run_dir, step, rollout_rows(step, greedy, zeros), name="eval_greedy")
+        return out
+
+    def _correctness_key(self) -> str:
+        """The reward component that says whether an answer is right (the first exact_match)."""
+        for f in self.cfg.reward.functions:
+            if f.path is None and f.name == "exact_match":
+                return f.name
+        return self.cfg.reward.functions[0].name
+
+    def _score_all(self, step: int, prompts: list[Prompt], spec: Any, stream: str) -> list[ScoredGroup]:
+        order = {p.prompt_id: i for i, p in enumerate(prompts)}
+        for groups in self.engines.generate(prompts, spec, step=step, stream=stream, min_version=step):
+            self.rewards.submit(groups)
+        scored = self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s)
+        return sorted(scored, key=lambda s: order[s.group.prompt.prompt_id])
+
+    def _log_eval(self, step: int, *, log: bool = True) -> dict[str, float]:
+        out = self.evaluate(step)
+        if log:
+            self.metrics.log(step, out)
+        return out
+
+
+def _zero_std(group: ScoredGroup) -> bool:
+    values = [r for r, ok in zip(group.rewards, group.valid) if ok]
+    return len(values) < 2 or all(v == values[0] for v in values)
+
+
+def _rollout_metrics(
+    groups: list[ScoredGroup], valid: torch.Tensor, rewards: torch.Tensor, max_response_length: int
+) -> dict[str, float]:
+    ok = rewards[valid]
+    lengths = [len(c.token_ids) for g in groups for c in g.group.completions]
+    out: dict[str, float] = {
+        metrics.REWARD_MEAN: float(ok.mean()) if ok.numel() else math.nan,
+        metrics.REWARD_STD: float(ok.std(correction=0)) if ok.numel() else math.nan,
+        metrics.FRAC_ZERO_STD: sum(_zero_std(g) for g in groups) / len(groups),
+        metrics.RESPONSE_LEN: sum(lengths) / len(lengths),
+        metrics.RESPONSE_CLIP: sum(c.finish_reason == "length" for g in groups for c in g.group.completions)
+        / len(lengths),
+        "response_length/max": float(max(lengths)),
+        "reward/num_masked_samples": float((~valid).sum()),
+    }
+    names = list(groups[0].components)
+    for name in names:
+        values = [v for g in groups for v, k in zip(g.components[name], g.valid) if k and math.isfinite(v)]
+        out[f"reward/{name}"] = sum(values) / len(values) if values else math.nan
+        out[f"reward/{name}/failures"] = float(sum(g.failures.get(name, 0) for g in groups))
+    return out

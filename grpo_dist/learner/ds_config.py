@@ -1,0 +1,31 @@
+"""The DeepSpeed config of a learner rank: the only place DeepSpeed's keys are spelled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpo_dist.config import LearnerConfig
+
+
+def build_ds_config(
+    cfg: LearnerConfig, *, micro_batch_size: int, gradient_accumulation_steps: int, world_size: int, bf16: bool
+) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    if cfg.zero_stage == 3:
+        zero |= {
+            # gather every parameter for the forward: our buckets are gathered explicitly for weight sync
+            "stage3_param_persistence_threshold": 0,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        }
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "train_batch_size": micro_batch_size * gradient_accumulation_steps * world_size,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": zero,
+        # bf16 has no loss scaling, so ask DeepSpeed to check gradients and skip a non-finite update
+        "bf16": {"enabled": bf16, "check_grad_overflow": True},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }

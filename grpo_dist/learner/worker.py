@@ -1,0 +1,360 @@
+"""``LearnerWorker``: one DeepSpeed ZeRO data-parallel rank.
+
+Each rank holds a DeepSpeed engine around the policy (and, when ``algo.kl_coef > 0``, a frozen
+reference model), computes logprobs and the GRPO loss from ``grpo_dist.algo`` on its shard of the
+batch, and takes part in weight publication (under ZeRO-3 every rank helps gather each bucket; rank 0
+sends it). Plain class: ``LearnerGroup`` wraps it in Ray actors.
+
+Loss normalisation is independent of how the batch is split: before each mini-batch the ranks
+all-reduce the mini-batch's loss denominator (token or sequence count), every micro-batch loss is
+divided by that global count, and DeepSpeed's gradient averaging over ranks is undone by
+``data_parallel_denominator``; so the update equals the one a single process would make on the whole
+mini-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from grpo_dist import algo
+from grpo_dist.config import Config
+from grpo_dist.learner.batch import TrainBatch
+from grpo_dist.learner.ds_config import build_ds_config
+from grpo_dist.learner.schedule import lr_factor
+from grpo_dist.sync.plan import Bucket, ParamMeta, checksum, make_buckets
+
+logger = logging.getLogger(__name__)
+
+
+def learner_env(device: str) -> dict[str, str]:
+    env = {"DS_ACCELERATOR": "cpu" if device == "cpu" else "cuda"}
+    return env
+
+
+def free_port() -> tuple[str, int]:
+    """An address of this node and a port free on it (for a rendezvous hosted here)."""
+    import ray
+
+    host = ray.util.get_node_ip_address()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return host, int(s.getsockname()[1])
+
+
+class LearnerWorker:
+    def __init__(self, *, cfg: Config, rank: int, world_size: int, model_path: str, device: str) -> None:
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.model_path = model_path
+        self.device_name = device
+        self.device = torch.device("cuda" if device == "cuda" else "cpu")
+        self.bf16 = _resolve_dtype(cfg.model.dtype, device) == torch.bfloat16
+        self.engine: Any = None
+        self.ref_model: torch.nn.Module | None = None
+        self.version = 0
+        self.consecutive_nonfinite = 0
+        self._sender: Any = None
+
+    # ---------------------------------------------------------------------------------------------- setup
+
+    def address(self) -> tuple[str, int]:
+        return free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        """Join the DeepSpeed world (every rank must be called together) and build model + optimizer."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        lc = self.cfg.learner
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+        )
+        if self.device_name == "cpu":
+            torch.set_num_threads(max(1, int(self.cfg.cluster.num_cpus_per_rank)))
+        else:
+            torch.cuda.set_device(0)  # Ray gives each rank one visible GPU
+        torch.manual_seed(self.cfg.trainer.seed)
+        deepspeed.init_distributed(
+            dist_backend="gloo" if self.device_name == "cpu" else "nccl",
+            timeout=datetime.timedelta(seconds=lc.step_timeout_s),
+        )
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        if lc.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay)
+        total = self.cfg.trainer.total_steps * lc.ppo_epochs * self.num_minibatches
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: lr_factor(
+                s, warmup_steps=lc.warmup_steps, total_steps=total, kind=lc.lr_scheduler, min_ratio=lc.min_lr_ratio
+            ),
+        )
+        ds_config = build_ds_config(
+            lc,
+            micro_batch_size=lc.micro_batch_size,
+            gradient_accumulation_steps=self.num_micro_per_minibatch,
+            world_size=self.world_size,
+            bf16=self.bf16,
+        )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        if self.cfg.algo.kl_coef > 0:
+            ref = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=_resolve_dtype(self.cfg.model.dtype, self.device_name)
+            )
+            self.ref_model = ref.to(self.device).eval().requires_grad_(False)
+        self.plan = make_buckets(self._param_metas(), int(self.cfg.sync.bucket_size_mb * (1 << 20)))
+        return {"rank": self.rank, "pid": os.getpid(), "num_params": sum(p.numel for p in self._param_metas())}
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.cfg.data.train_batch_size // self.cfg.learner.mini_batch_size
+
+    @property
+    def num_micro_per_minibatch(self) -> int:
+        lc = self.cfg.learner
+        per_rank = lc.mini_batch_size * self.cfg.rollout.num_generations // self.world_size
+        return per_rank // lc.micro_batch_size
+
+    # ------------------------------------------------------------------------------------------- logprobs
+
+    def _forward_logprobs(self, model: torch.nn.Module, batch: TrainBatch, *, with_entropy: bool = False):
+        ids = batch.input_ids.to(self.device)
+        out = model(input_ids=ids, attention_mask=batch.attention_mask.to(self.device), use_cache=False)
+        logits = out.logits[:, :-1]  # [n, L-1, V]
+        temperature = self.cfg.rollout.temperature
+        chunk = self.cfg.learner.logprob_chunk_size
+        lp = algo.token_logprobs(logits, ids[:, 1:], temperature=temperature, chunk_size=chunk)
+        entropy = None
+        if with_entropy:
+            if self.cfg.algo.entropy_coef > 0:
+                entropy = algo.token_entropy(logits, temperature=temperature, chunk_size=chunk)
+            else:
+                with torch.no_grad():
+                    entropy = algo.token_entropy(logits.detach(), temperature=temperature, chunk_size=chunk)
+        return lp, entropy
+
+    def _micro_batches(self, batch: TrainBatch) -> Iterator[TrainBatch]:
+        size = self.cfg.learner.micro_batch_size
+        for start in range(0, batch.num_sequences, size):
+            yield batch.select(slice(start, start + size)).trimmed()
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> torch.Tensor:
+        """``[n, L-1]`` logprobs of this rank's shard under the current policy (or the reference)."""
+        model = self.ref_model if reference else self.engine.module
+        assert model is not None
+        width = batch.input_ids.shape[1] - 1
+        parts = []
+        for micro in self._micro_batches(batch):
+            lp, _ = self._forward_logprobs(model, micro)
+            parts.append(torch.nn.functional.pad(lp.float().cpu(), (0, width - lp.shape[1])))
+        return torch.cat(parts)
+
+    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Per-token logprobs of whole sequences at temperature 1 (to compare with an engine's)."""
+        n = len(sequences)
+        width = max(len(s) for s in sequences)
+        ids = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, s in enumerate(sequences):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        with torch.no_grad():
+            out = self.engine.module(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            lp = algo.token_logprobs(out.logits[:, :-1], ids[:, 1:].to(self.device)).float().cpu()
+        return [lp[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def train(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        """``ppo_epochs`` passes over this rank's shard in mini-batches; one optimizer step per mini-batch."""
+        import deepspeed.comm as dist
+
+        lc, ac = self.cfg.learner, self.cfg.algo
+        engine = self.engine
+        engine.train()
+        per_mini = batch.num_sequences // self.num_minibatches
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        grad_norms: list[float] = []
+        num_skipped = 0
+        # One optimizer step per training step means the policy has not moved when the loss is computed:
+        # the learner's own logprobs are then exactly the old ones and need no extra forward pass.
+        reuse_current = batch.old_logprobs is None and lc.recompute_old_logprobs
+        for _epoch in range(lc.ppo_epochs):
+            for m in range(self.num_minibatches):
+                mini = batch.select(slice(m * per_mini, (m + 1) * per_mini))
+                local = sum(algo.loss_denominator(mb.loss_mask, ac.loss_agg_mode) for mb in self._micro_batches(mini))
+                total = torch.tensor([float(local)], dtype=torch.float64)
+                dist.all_reduce(total)
+                denominator = algo.data_parallel_denominator(float(total.item()), world_size=self.world_size)
+                for micro in self._micro_batches(mini):
+                    lp, entropy = self._forward_logprobs(engine, micro, with_entropy=True)
+                    if reuse_current:
+                        old = lp.detach()
+                    elif micro.old_logprobs is not None:
+                        old = micro.old_logprobs.to(lp)
+                    else:
+                        old = micro.engine_logprobs.to(lp)
+                    loss, metrics = algo.policy_loss(
+                        lp,
+                        old,
+                        micro.advantages.to(lp),
+                        micro.loss_mask.to(lp),
+                        clip_ratio_low=ac.clip_ratio_low,
+                        clip_ratio_high=ac.clip_ratio_high,
+                        clip_ratio_c=ac.clip_ratio_c,
+                        loss_agg_mode=ac.loss_agg_mode,
+                        ratio_level=ac.ratio_level,
+                        ref_logprobs=None if micro.ref_logprobs is None else micro.ref_logprobs.to(lp),
+                        kl_coef=ac.kl_coef,
+                        kl_estimator=ac.kl_estimator,
+                        entropy=entropy,
+                        entropy_coef=ac.entropy_coef,
+                        max_response_length=self.cfg.data.max_response_length,
+                        loss_scale_denominator=denominator,
+                    )
+                    engine.backward(loss, scale_wrt_gas=False)
+                    engine.step()
+                    weight = float(micro.loss_mask.sum().item())
+                    for k, v in metrics.items():
+                        if k == "num_tokens":
+                            continue
+                        totals[k] = totals.get(k, 0.0) + v * weight
+                        counts[k] = counts.get(k, 0) + int(weight)
+                    totals["loss"] = totals.get("loss", 0.0) + float(loss.item())
+                norm = engine.get_global_grad_norm()
+                norm = float(norm) if norm is not None else float("nan")
+                if not math.isfinite(norm) or not math.isfinite(totals.get("loss", 0.0)):
+                    num_skipped += 1  # DeepSpeed found the gradient non-finite and skipped the update
+                else:
+                    grad_norms.append(norm)
+        self.version = step
+        self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if num_skipped else 0
+        out = {k: totals[k] / max(1, counts[k]) for k in counts}
+        # each rank holds world_size x its share of the loss: the group's mean over ranks is the global loss
+        out["loss"] = totals.get("loss", 0.0) / (lc.ppo_epochs * self.num_minibatches)
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        out["lr"] = float(engine.get_lr()[0])
+        out["num_skipped_updates"] = float(num_skipped)
+        out["consecutive_nonfinite"] = float(self.consecutive_nonfinite)
+        return out
+
+    # ---------------------------------------------------------------------------------------- weight sync
+
+    def _named_params(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.engine.module.named_parameters())
+
+    def _param_metas(self) -> list[ParamMeta]:
+        metas = []
+        for name, p in self._named_params().items():
+            shape = tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions keep the full shape here
+            metas.append(ParamMeta(name, tuple(int(s) for s in shape), str(p.dtype).removeprefix("torch.")))
+        return metas
+
+    def weight_plan(self) -> list[Bucket]:
+        return self.plan
+
+    def _full_buckets(self) -> Iterator[torch.Tensor | None]:
+        """Each bucket's flat full weights on rank 0 (None elsewhere); under ZeRO-3 every rank must iterate
+        because gathering a bucket is a collective. Never more than one bucket is gathered at a time."""
+        named = self._named_params()
+        zero3 = self.cfg.learner.zero_stage == 3
+        for bucket in self.plan:
+            params = [named[p.name] for p in bucket.params]
+            ctx: Any = contextlib.nullcontext()
+            if zero3:
+                import deepspeed
+
+                ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            with ctx, torch.no_grad():
+                if self.rank == 0:
+                    yield torch.cat([p.data.reshape(-1).to(bucket.dtype) for p in params])
+                else:
+                    yield None
+
+    def init_weight_sync(
+        self,
+        *,
+        transport: str,
+        host: str = "",
+        port: int = 0,
+        world_size: int = 0,
+        backend: str = "gloo",
+        timeout_s: float = 60.0,
+    ) -> bool:
+        """Rank 0 joins the sync group as its root (other ranks have nothing to set up)."""
+        from grpo_dist.sync import transport as t
+
+        if self.rank != 0:
+            return True
+        if transport == "broadcast":
+            group = t.init_broadcast_group(
+                host=host, port=port, rank=0, world_size=world_size, backend=backend, timeout_s=timeout_s
+            )
+            self._sender = t.BroadcastSender(group)
+        elif transport == "object_store":
+            self._sender = t.ObjectStoreSender()
+        else:
+            t.check_transport(transport)
+        return True
+
+    def publish_weights(self, verify: bool = True) -> tuple[list[int], Any]:
+        """Send every bucket (rank 0) / help gather them (ZeRO-3); returns (checksums, receivers' handle)."""
+        sums: list[int] = []
+        for flat in self._full_buckets():
+            if flat is None:
+                continue
+            self._sender.send_bucket(flat)
+            if verify:
+                sums.append(checksum(flat))
+        handle = self._sender.finish() if self._sender is not None else None
+        return sums, handle
+
+    def save_hf(self, path: str) -> str | None:
+        """Write the policy in Hugging Face format (safetensors) from rank 0; all ranks must call."""
+        from safetensors.torch import save_file
+
+        state: dict[str, torch.Tensor] = {}
+        for bucket, flat in zip(self.plan, self._full_buckets()):
+            if flat is not None:
+                state.update({k: v.clone() for k, v in bucket.split(flat.cpu())})
+        if self.rank != 0:
+            return None
+        os.makedirs(path, exist_ok=True)
+        module = self.engine.module
+        module.config.save_pretrained(path)
+        if getattr(module, "generation_config", None) is not None:
+            module.generation_config.save_pretrained(path)
+        save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        return path
+
+    def info(self) -> dict[str, Any]:
+        return {"rank": self.rank, "pid": os.getpid(), "version": self.version}
+
+
+def _resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, name)

@@ -1,0 +1,1 @@
+"""Locally built models (no hub is needed): the embedded default and benchmark sizes."""

@@ -1,0 +1,267 @@
+"""``RolloutEngine``: one vLLM engine as a Ray actor.
+
+The plain class ``VllmEngine`` holds an in-process ``vllm.LLM`` (the actor process *is* the engine:
+no extra engine-core process, 2-3 s start on CPU) and knows three things: sample groups of completions
+with per-sample seeds, report per-token logprobs of given sequences, and load new weights through
+vLLM's supported reload path (``reload_weights``) followed by a prefix-cache reset. Every rollout is
+tagged with the weights version that produced it, and a rollout asked of an engine whose weights are
+older than the caller allows is refused.
+
+This is the only module that imports vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from grpo_dist.rollout.seeds import sample_seed
+from grpo_dist.sync.plan import Bucket, checksum
+from grpo_dist.types import Completion, FinishReason, Prompt, RolloutGroup
+
+logger = logging.getLogger(__name__)
+
+
+class StaleWeightsError(RuntimeError):
+    """An engine was asked to generate with weights older than the caller allows."""
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What to sample: ``n`` completions per prompt (``greedy`` ignores temperature/top-p/top-k)."""
+
+    n: int
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    greedy: bool = False
+
+
+def engine_env(*, device: str, cpu_ids: list[int] | None) -> dict[str, str]:
+    """Environment an engine actor starts with (vLLM reads these at import time)."""
+    env = {
+        # keep the engine inside the actor's process: fast start, one process, in-process weight reload
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CONFIGURE_LOGGING": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+    }
+    if device == "cpu":
+        # a one-off compile on the first logprobs request costs 8-18 s on CPU and gains nothing here
+        env["TORCHDYNAMO_DISABLE"] = "1"
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpu_ids)) if cpu_ids else "nobind"
+    return env
+
+
+class VllmEngine:
+    def __init__(
+        self,
+        *,
+        engine_index: int,
+        model_path: str,
+        dtype: str,
+        device: str,
+        max_model_len: int,
+        seed: int,
+        tensor_parallel_size: int = 1,
+        kv_cache_gib: float = 0.5,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+    ) -> None:
+        from vllm import LLM
+
+        self.engine_index = engine_index
+        self.device = torch.device("cuda" if device == "cuda" else "cpu")
+        self.tensor_parallel_size = tensor_parallel_size
+        kwargs: dict[str, Any] = {}
+        if device == "cpu":
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=True,
+            # logprobs of the distribution actually sampled from (after temperature), as the loss uses
+            logprobs_mode="processed_logprobs",
+            **kwargs,
+        )
+        self.version = 0
+        self.corrupt = False
+        self._receiver: Any = None
+        self._plan: list[Bucket] = []
+
+    # ------------------------------------------------------------------------------------------ generation
+
+    def info(self) -> dict[str, Any]:
+        return {"engine_index": self.engine_index, "pid": os.getpid(), "version": self.version}
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        spec: SamplingSpec,
+        *,
+        run_seed: int,
+        stream: str,
+        step: int,
+        min_version: int = 0,
+    ) -> list[RolloutGroup]:
+        """``spec.n`` completions for each prompt, one seeded request per completion."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.corrupt:
+            raise RuntimeError(f"engine {self.engine_index}: its last weight load failed part-way; refusing to sample")
+        if self.version < min_version:
+            raise StaleWeightsError(
+                f"engine {self.engine_index} holds weights version {self.version}, the rollout needs >= {min_version}"
+            )
+        requests, params = [], []
+        for prompt in prompts:
+            for i in range(spec.n):
+                requests.append(TokensPrompt(prompt_token_ids=list(prompt.token_ids)))
+                params.append(
+                    SamplingParams(
+                        n=1,
+                        max_tokens=spec.max_tokens,
+                        temperature=0.0 if spec.greedy else spec.temperature,
+                        top_p=1.0 if spec.greedy else spec.top_p,
+                        top_k=-1 if spec.greedy else spec.top_k,
+                        stop=list(spec.stop) or None,
+                        ignore_eos=spec.ignore_eos,
+                        logprobs=0,
+                        seed=sample_seed(run_seed, stream, step, prompt.prompt_id, i),
+                    )
+                )
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        groups = []
+        for p, prompt in enumerate(prompts):
+            completions = [_completion(outputs[p * spec.n + i].outputs[0]) for i in range(spec.n)]
+            groups.append(RolloutGroup(prompt, completions, self.version, self.engine_index))
+        return groups
+
+    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Per-token logprobs the engine's current weights assign to each sequence (token t given t' < t).
+
+        Used to prove that the engine holds the learner's weights after a sync.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+        result = []
+        for seq, out in zip(sequences, outs):
+            lps = out.prompt_logprobs[1:]  # the first token has no prediction
+            result.append([d[t].logprob for d, t in zip(lps, seq[1:])])
+        return result
+
+    # ----------------------------------------------------------------------------------------- weight sync
+
+    def init_weight_sync(
+        self,
+        *,
+        transport: str,
+        plan: list[Bucket],
+        host: str = "",
+        port: int = 0,
+        rank: int = 0,
+        world_size: int = 0,
+        backend: str = "gloo",
+        timeout_s: float = 60.0,
+    ) -> bool:
+        from grpo_dist.sync import transport as t
+
+        self._plan = plan
+        if transport == "broadcast":
+            group = t.init_broadcast_group(
+                host=host, port=port, rank=rank, world_size=world_size, backend=backend, timeout_s=timeout_s
+            )
+            self._receiver = t.BroadcastReceiver(group, self.device)
+        elif transport == "object_store":
+            self._receiver = t.ObjectStoreReceiver(self.device, timeout_s)
+        else:
+            t.check_transport(transport)
+        return True
+
+    def receive_weights(self, version: int, handle: Any = None, verify: bool = True) -> list[int]:
+        """Load the next weights version bucket by bucket; returns each bucket's checksum (empty if not
+        ``verify``). A failure part-way leaves the engine marked corrupt: it refuses to sample until a
+        later sync succeeds."""
+        if self._receiver is None:
+            raise RuntimeError(f"engine {self.engine_index}: init_weight_sync was not called")
+        sums: list[int] = []
+
+        def weights() -> Iterator[tuple[str, torch.Tensor]]:
+            for index, bucket in enumerate(self._plan):
+                flat = self._receiver.receive_bucket(index, bucket.numel, bucket.dtype, handle)
+                if verify:
+                    sums.append(checksum(flat))
+                yield from bucket.split(flat)
+
+        self.corrupt = True
+        self._load(weights())
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self.version = version
+        self.corrupt = False
+        return sums
+
+    def _load(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        if self.tensor_parallel_size == 1:
+            # in-process engine: the iterator is consumed here, one bucket in memory at a time
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            return
+        # tensor-parallel workers live in other processes: hand them a safetensors file to shard from
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory(prefix="grpo-dist-weights-", dir="/dev/shm") as tmp:
+            save_file({k: v.contiguous() for k, v in weights}, os.path.join(tmp, "model.safetensors"))
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+
+
+def _completion(out: Any) -> Completion:
+    token_ids = list(out.token_ids)
+    logprobs = [float(d[t].logprob) for d, t in zip(out.logprobs or [], token_ids)]
+    reason: FinishReason = out.finish_reason if out.finish_reason in ("stop", "length") else "abort"
+    return Completion(token_ids=token_ids, logprobs=logprobs, finish_reason=reason, text=out.text)
+
+
+def create_engine_actor(
+    *,
+    num_cpus: float,
+    num_gpus: float,
+    env: dict[str, str],
+    scheduling: Any = None,
+    name: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Start a ``RolloutEngine`` actor (a remote ``VllmEngine``)."""
+    import ray
+
+    actor_cls = ray.remote(VllmEngine)
+    options: dict[str, Any] = {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "runtime_env": {"env_vars": env},
+        "max_restarts": 0,
+        "max_concurrency": 1,
+    }
+    if scheduling is not None:
+        options["scheduling_strategy"] = scheduling
+    if name:
+        options["name"] = name
+    return actor_cls.options(**options).remote(**kwargs)

@@ -1,0 +1,97 @@
+"""``WeightSync``: publish the learner's weights to every engine, versioned, verified, with a deadline.
+
+After each training step the learner's weights become version ``step``. A sync moves them bucket by
+bucket over the configured transport; each engine reports a checksum per bucket, which must equal the
+learner's, and only then does its version advance. A sync that does not finish within
+``sync.timeout_s`` fails with an error that names the engines that did not answer (and which of them no
+longer respond at all), never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from grpo_dist.cluster import wait_all
+from grpo_dist.config import Config
+from grpo_dist.learner.group import LearnerGroup
+from grpo_dist.rollout.pool import EnginePool
+
+logger = logging.getLogger(__name__)
+
+
+class WeightSyncError(RuntimeError):
+    pass
+
+
+class WeightSync:
+    def __init__(self, cfg: Config, learners: LearnerGroup, engines: EnginePool, *, device: str) -> None:
+        self.cfg = cfg
+        self.learners = learners
+        self.engines = engines
+        self.transport = cfg.sync.transport
+        self.plan = learners.weight_plan()
+        self.num_bytes = sum(b.nbytes for b in self.plan)
+        backend = "nccl" if device == "cuda" else "gloo"
+        timeout = cfg.sync.timeout_s
+        common: dict[str, Any] = {"transport": self.transport, "timeout_s": timeout, "backend": backend}
+        if self.transport == "broadcast":
+            host, port = learners.address()
+            common |= {"host": host, "port": port, "world_size": 1 + engines.num_engines}
+        refs = learners.init_weight_sync_refs(**common)
+        refs += [e.init_weight_sync.remote(plan=self.plan, rank=1 + i, **common) for i, e in enumerate(engines.actors)]
+        names = learners.names + engines.names
+        wait_all(refs, timeout_s=timeout, what="weight-sync group set-up", names=names)
+        logger.info("weight sync: %s, %d buckets, %.1f MB", self.transport, len(self.plan), self.num_bytes / 1e6)
+
+    def sync(self, version: int) -> dict[str, float]:
+        """Publish the learner's current weights as ``version``; returns timing metrics."""
+        verify = self.cfg.sync.verify
+        timeout = self.cfg.sync.timeout_s
+        start = time.perf_counter()
+        deadline = start + timeout
+        what = f"weight sync to version {version}"
+        names = self.learners.names + self.engines.names
+        try:
+            if self.transport == "broadcast":
+                receive = [e.receive_weights.remote(version, None, verify) for e in self.engines.actors]
+                results = wait_all(
+                    self.learners.publish_refs(verify) + receive, timeout_s=timeout, what=what, names=names
+                )
+                sent = results[0][0]
+                received = results[len(self.learners.actors) :]
+            else:
+                published = wait_all(
+                    self.learners.publish_refs(verify), timeout_s=timeout, what=what, names=self.learners.names
+                )
+                sent, handle = published[0]
+                receive = [e.receive_weights.remote(version, handle, verify) for e in self.engines.actors]
+                received = wait_all(
+                    receive, timeout_s=max(1.0, deadline - time.perf_counter()), what=what, names=self.engines.names
+                )
+        except TimeoutError as exc:
+            raise WeightSyncError(f"{exc}{self._unresponsive_note()}") from None
+        if verify:
+            for name, sums in zip(self.engines.names, received):
+                if sums != sent:
+                    bad = [i for i, (a, b) in enumerate(zip(sums, sent)) if a != b]
+                    raise WeightSyncError(
+                        f"{what}: {name} received buckets {bad or 'of a different count'} whose checksums differ "
+                        f"from the learner's; its weights are not the learner's"
+                    )
+        seconds = time.perf_counter() - start
+        return {
+            "timing/sync_s": seconds,
+            "sync/gb_per_s": self.num_bytes / max(seconds, 1e-9) / 1e9,
+            "sync/bytes": float(self.num_bytes),
+        }
+
+    def _unresponsive_note(self) -> str:
+        """Which engines do not even answer a ping (stalled or dead), to point at the culprit."""
+        import ray
+
+        pings = [e.info.remote() for e in self.engines.actors]
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=2.0)
+        silent = [n for n, p in zip(self.engines.names, pings) if p not in ready]
+        return f"; not responding at all: {', '.join(silent)}" if silent else ""

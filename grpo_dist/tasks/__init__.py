@@ -1,0 +1,1 @@
+"""Verifiable tasks shipped with the package (the embedded default's data)."""
