@@ -68,12 +68,13 @@ def resource_plan(cfg: Config, device: str) -> ResourcePlan:
     )
 
 
-def init_ray(cfg: Config, plan: ResourcePlan) -> None:
-    """Start a private local Ray (``cluster.address: local``) or join an existing cluster."""
+def init_ray(cfg: Config, plan: ResourcePlan) -> bool:
+    """Start a private local Ray (``cluster.address: local``) or join an existing cluster; returns whether
+    this call started it (and so should shut it down)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}}
     if cfg.cluster.address == "local":
         # Actors of different phases take turns on the cores, so a local Ray offers at least as many
@@ -89,6 +90,7 @@ def init_ray(cfg: Config, plan: ResourcePlan) -> None:
         )
     else:
         ray.init(address=cfg.cluster.address, runtime_env=env, logging_level=logging.WARNING)
+    return True
 
 
 def check_resources(plan: ResourcePlan) -> None:

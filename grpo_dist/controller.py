@@ -106,7 +106,7 @@ class Trainer:
             shuffle=cfg.data.shuffle,
         )
         plan = cluster.resource_plan(cfg, self.device)
-        cluster.init_ray(cfg, plan)
+        self._owns_ray = cluster.init_ray(cfg, plan)
         cluster.check_resources(plan)
         max_model_len = cfg.data.max_prompt_length + cfg.data.max_response_length
         context = model_context_length(cfg.model.model_copy(update={"path": self.model_path}))
@@ -136,7 +136,7 @@ class Trainer:
             self.metrics.close()
         import ray
 
-        if self.cfg.cluster.address == "local" and ray.is_initialized():
+        if getattr(self, "_owns_ray", False) and ray.is_initialized():
             ray.shutdown()
 
     # ----------------------------------------------------------------------------------------------- loop
@@ -216,12 +216,8 @@ class Trainer:
         ):
             self.rewards.submit(groups)
         t_rollout = time.perf_counter() - t0
-        scored = self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s)
+        scored = self._collect_in_order(step, prompts)
         t_reward = time.perf_counter() - t0 - t_rollout
-        order = {p.prompt_id: i for i, p in enumerate(prompts)}
-        scored.sort(key=lambda s: order[s.group.prompt.prompt_id])
-        if [s.group.prompt.prompt_id for s in scored] != [p.prompt_id for p in prompts]:
-            raise RuntimeError(f"step {step}: rollout returned groups for other prompts than were sent")
         for s in scored:
             if len(s.group.completions) != r.num_generations:
                 raise RuntimeError(
@@ -321,11 +317,18 @@ class Trainer:
         return self.cfg.reward.functions[0].name
 
     def _score_all(self, step: int, prompts: list[Prompt], spec: Any, stream: str) -> list[ScoredGroup]:
-        order = {p.prompt_id: i for i, p in enumerate(prompts)}
         for groups in self.engines.generate(prompts, spec, step=step, stream=stream, min_version=step):
             self.rewards.submit(groups)
-        scored = self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s)
-        return sorted(scored, key=lambda s: order[s.group.prompt.prompt_id])
+        return self._collect_in_order(step, prompts)
+
+    def _collect_in_order(self, step: int, prompts: list[Prompt]) -> list[ScoredGroup]:
+        """Every submitted group, scored, in batch order; anything missing or foreign is an error."""
+        scored = sorted(self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s),
+                        key=lambda s: s.group.batch_index)
+        got = [(s.group.batch_index, s.group.prompt.prompt_id) for s in scored]
+        if got != [(i, p.prompt_id) for i, p in enumerate(prompts)]:
+            raise RuntimeError(f"step {step}: rollout returned groups for other prompts than were sent")
+        return scored
 
     def _log_eval(self, step: int, *, log: bool = True) -> dict[str, float]:
         out = self.evaluate(step)

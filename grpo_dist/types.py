@@ -45,6 +45,8 @@ class RolloutGroup:
     completions: list[Completion]
     weights_version: int
     engine_index: int
+    batch_index: int = 0
+    """Position of the prompt in the step's batch (a batch that crosses an epoch may hold a prompt twice)."""
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,16 @@ class VllmEngine:
         stream: str,
         step: int,
         min_version: int = 0,
+        batch_indices: list[int] | None = None,
+        occurrences: list[int] | None = None,
     ) -> list[RolloutGroup]:
-        """``spec.n`` completions for each prompt, one seeded request per completion."""
+        """``spec.n`` completions for each prompt, one seeded request per completion.
+
+        ``batch_indices`` tag each group with its prompt's position in the step's batch; ``occurrences``
+        count earlier copies of the same prompt in that batch, so that a repeated prompt samples afresh.
+        """
+        batch_indices = batch_indices or list(range(len(prompts)))
+        occurrences = occurrences or [0] * len(prompts)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -129,7 +137,8 @@ class VllmEngine:
                 f"engine {self.engine_index} holds weights version {self.version}, the rollout needs >= {min_version}"
             )
         requests, params = [], []
-        for prompt in prompts:
+        for prompt, occurrence in zip(prompts, occurrences, strict=True):
+            key = stream if occurrence == 0 else f"{stream}#{occurrence}"
             for i in range(spec.n):
                 requests.append(TokensPrompt(prompt_token_ids=list(prompt.token_ids)))
                 params.append(
@@ -142,14 +151,14 @@ class VllmEngine:
                         stop=list(spec.stop) or None,
                         ignore_eos=spec.ignore_eos,
                         logprobs=0,
-                        seed=sample_seed(run_seed, stream, step, prompt.prompt_id, i),
+                        seed=sample_seed(run_seed, key, step, prompt.prompt_id, i),
                     )
                 )
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         groups = []
         for p, prompt in enumerate(prompts):
             completions = [_completion(outputs[p * spec.n + i].outputs[0]) for i in range(spec.n)]
-            groups.append(RolloutGroup(prompt, completions, self.version, self.engine_index))
+            groups.append(RolloutGroup(prompt, completions, self.version, self.engine_index, batch_indices[p]))
         return groups
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:

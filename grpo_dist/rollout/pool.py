@@ -103,11 +103,23 @@ class EnginePool:
         import ray
 
         costs = [(len(p.token_ids) + spec.max_tokens) * spec.n for p in prompts]
+        seen: dict[int, int] = {}
+        occurrences = []
+        for p in prompts:
+            occurrences.append(seen.get(p.prompt_id, 0))
+            seen[p.prompt_id] = occurrences[-1] + 1
         pending: dict[Any, str] = {}
         for e, indices in enumerate(balance(costs, self.num_engines)):
-            for part in chunk([prompts[i] for i in indices], chunks_per_engine):
+            for part in chunk(indices, chunks_per_engine):
                 ref = self.actors[e].generate.remote(
-                    part, spec, run_seed=self.cfg.trainer.seed, stream=stream, step=step, min_version=min_version
+                    [prompts[i] for i in part],
+                    spec,
+                    run_seed=self.cfg.trainer.seed,
+                    stream=stream,
+                    step=step,
+                    min_version=min_version,
+                    batch_indices=part,
+                    occurrences=[occurrences[i] for i in part],
                 )
                 pending[ref] = self.names[e]
         deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
