@@ -492,9 +492,19 @@ def cross_field_errors(cfg: Config) -> list[str]:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-5`` (no dot) as a string; learning rates are written that way, so read it as a
-    float, as YAML 1.2 does."""
+    """YAML 1.2 scalars: ``1e-5`` (no dot) is a float, not a string (learning rates are written that way),
+    and only true/false are booleans (YAML 1.1 also turns ``off``, ``no``, ``on``, ``yes`` into booleans,
+    which would make ``logging.progress=off`` a boolean)."""
 
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",

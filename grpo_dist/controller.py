@@ -120,7 +120,7 @@ class Trainer:
         self.rewards = RewardPool(
             cfg.reward,
             max_response_length=cfg.data.max_response_length,
-            num_cpus=cfg.cluster.num_cpus_per_reward_worker,
+            num_cpus_per_worker=cfg.cluster.num_cpus_per_reward_worker,
             extra_sys_path=[os.getcwd(), *sys.path],
         )
         self.learners = LearnerGroup(cfg, model_path=self.model_path, device=self.device)
@@ -323,8 +323,9 @@ class Trainer:
 
     def _collect_in_order(self, step: int, prompts: list[Prompt]) -> list[ScoredGroup]:
         """Every submitted group, scored, in batch order; anything missing or foreign is an error."""
-        scored = sorted(self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s),
-                        key=lambda s: s.group.batch_index)
+        scored = sorted(
+            self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s), key=lambda s: s.group.batch_index
+        )
         got = [(s.group.batch_index, s.group.prompt.prompt_id) for s in scored]
         if got != [(i, p.prompt_id) for i, p in enumerate(prompts)]:
             raise RuntimeError(f"step {step}: rollout returned groups for other prompts than were sent")

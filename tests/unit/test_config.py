@@ -172,3 +172,8 @@ def test_scientific_notation_without_dot_is_a_float(tmp_path: Path) -> None:
 
 def test_non_finite_numbers_rejected() -> None:
     assert "learner.lr = inf" in _errors(["learner.lr=.inf"])
+
+
+def test_yaml_1_1_words_stay_strings() -> None:
+    assert load_config(None, ["logging.progress=off"]).logging.progress == "off"
+    assert load_config(None, ["data.shuffle=false"]).data.shuffle is False

@@ -1,0 +1,41 @@
+"""Integration fixtures: a private Ray per test module, and the tiny model and task built once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The embedded model spec and a small slice of the embedded task, built in a temp dir."""
+    from grpo_dist.embedded import EMBEDDED_MODEL
+    from grpo_dist.models.builder import build_model
+    from grpo_dist.tasks.arithmetic import write_splits
+
+    root = tmp_path_factory.mktemp("assets")
+    model = build_model(root / "model", EMBEDDED_MODEL)
+    train, evals = write_splits(root / "data", num_train=64, num_eval=16, seed=0)
+    return {"model": str(model), "train": str(train), "eval": str(evals)}
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A Ray of our own (never one already running on the machine), shut down after the module."""
+    import ray
+
+    # Ray's socket paths must stay short: a temp dir directly under /tmp
+    tmp = tempfile.mkdtemp(prefix="gd-ray-", dir="/tmp")
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        _temp_dir=tmp,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}},
+    )
+    yield
+    ray.shutdown()
