@@ -475,6 +475,14 @@ def cross_field_errors(cfg: Config) -> list[str]:
         errors.append(f"eval.k_values = {cfg.eval.k_values}: every k must be >= 1")
     if not cfg.reward.functions:
         errors.append("reward.functions is empty: at least one reward function is needed")
+    from grpo_dist.reward.builtins import BUILTINS
+
+    for i, f in enumerate(cfg.reward.functions):
+        if f.path is None and f.name not in BUILTINS:
+            errors.append(
+                f"reward.functions.{i}.name = {f.name!r} is not a built-in ({', '.join(sorted(BUILTINS))}); "
+                f"set reward.functions.{i}.path = 'package.module:function' for your own"
+            )
     names = [f.name for f in cfg.reward.functions]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

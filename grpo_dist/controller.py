@@ -99,6 +99,11 @@ class Trainer:
         if cfg.eval.max_prompts:
             self.eval_prompts = self.eval_prompts[: cfg.eval.max_prompts]
         self.data_metrics = {f"data/{k}": v for k, v in train_stats.metrics().items()}
+        # reward functions are imported and their kwargs checked here, before any actor starts
+        from grpo_dist.reward import resolve
+
+        for i, f in enumerate(cfg.reward.functions):
+            resolve(f, index=i, max_response_length=cfg.data.max_response_length)
         self.cursor = PromptCursor(
             len(self.train_prompts),
             batch_size=cfg.data.train_batch_size,

@@ -177,3 +177,8 @@ def test_non_finite_numbers_rejected() -> None:
 def test_yaml_1_1_words_stay_strings() -> None:
     assert load_config(None, ["logging.progress=off"]).logging.progress == "off"
     assert load_config(None, ["data.shuffle=false"]).data.shuffle is False
+
+
+def test_unknown_builtin_reward_name_rejected() -> None:
+    msg = _errors(["reward.functions=[{name: exact_mtch}]"])
+    assert "reward.functions.0.name = 'exact_mtch' is not a built-in" in msg
