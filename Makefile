@@ -31,7 +31,7 @@ endif
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/grpo-dist train $(DEMO_CONFIG)
+	$(VENV)/bin/grpo-dist demo $(DEMO_CONFIG)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

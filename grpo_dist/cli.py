@@ -66,8 +66,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from grpo_dist.controller import Trainer
 
     with Trainer(cfg) as trainer:
+        trainer.start()
         trainer.run()
     print(f"run directory: {trainer.run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a run's final policy (or the config's model) on the held-out set with the engines."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").is_file():
+        print(f"{run_dir}: not a run directory (no config.yaml)", file=sys.stderr)
+        return 2
+    overrides = list(args.overrides)
+    if (run_dir / "final" / "config.json").is_file() and not any(o.startswith("model.path=") for o in overrides):
+        overrides.append(f"model.path={run_dir / 'final'}")
+    cfg = _load_or_exit(str(run_dir / "config.yaml"), [*overrides, f"trainer.output_dir={run_dir}"])
+    if cfg is None:
+        return 2
+    _setup_logging()
+    from grpo_dist.controller import Trainer
+
+    with Trainer(cfg) as trainer:
+        trainer.start(training=False)
+        result = trainer.evaluate(step=0, log_name="eval_cli_greedy")
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from grpo_dist.report import write_report
+
+    try:
+        files = write_report(Path(args.run_dir))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for path in files.paths():
+        print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default end to end: build the model if missing, train, evaluate, report."""
+    cfg = _load_or_exit(args.config, args.overrides)
+    if cfg is None:
+        return 2
+    _setup_logging()
+    import logging
+    from pathlib import Path
+
+    from grpo_dist.controller import Trainer
+    from grpo_dist.embedded import embedded_model_dir
+    from grpo_dist.report import write_report
+
+    log = logging.getLogger("grpo_dist")
+    if cfg.model.path is None and not (embedded_model_dir() / ".complete").exists():
+        log.info("building the embedded model (tokenizer, random init, supervised warm start): about 2-3 minutes")
+    with Trainer(cfg) as trainer:
+        trainer.start()
+        trainer.run()
+    files = write_report(Path(trainer.run_dir))
+    print(f"\nrun directory: {trainer.run_dir}")
+    print(f"summary:       {files.summary}")
+    for path in files.plots():
+        print(f"plot:          {path}")
     return 0
 
 
@@ -107,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run GRPO training (metrics, rollouts and the final model in the run directory)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="the embedded default end to end: build the model, train, evaluate, report")
+    p.add_argument("config", nargs="?", default="configs/demo.yaml", help="config (default: configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: section.field=value")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="evaluate a run's final policy on the held-out set (pass@1, pass@k)")
+    p.add_argument("--run", required=True, help="run directory (holds config.yaml and final/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: section.field=value")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("report", help="write PNG plots and a markdown summary of a run")
+    p.add_argument("run_dir", help="run directory")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("init-model", help="build the embedded default model and tokenizer into the cache")
     p.add_argument("--force", action="store_true", help="rebuild even if it is cached")

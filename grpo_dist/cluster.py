@@ -53,14 +53,14 @@ def resolve_device(cfg: Config) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resource_plan(cfg: Config, device: str) -> ResourcePlan:
+def resource_plan(cfg: Config, device: str, *, with_learner: bool = True) -> ResourcePlan:
     gpu = device == "cuda"
     c = cfg.cluster
     return ResourcePlan(
         num_engines=cfg.rollout.num_engines,
         cpus_per_engine=c.num_cpus_per_engine,
         gpus_per_engine=cfg.rollout.tensor_parallel_size if gpu else 0,
-        num_ranks=cfg.learner.num_ranks,
+        num_ranks=cfg.learner.num_ranks if with_learner else 0,
         cpus_per_rank=c.num_cpus_per_rank,
         gpus_per_rank=1 if gpu and not c.colocate else 0,
         num_reward_workers=cfg.reward.num_workers,

@@ -70,13 +70,14 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- set-up
 
     def __enter__(self) -> Trainer:
-        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def start(self) -> None:
+    def start(self, *, training: bool = True) -> None:
+        """Load and check data, start Ray and the actors. ``training=False`` starts only what evaluation
+        needs (engines and reward workers)."""
         from transformers import AutoTokenizer
 
         from grpo_dist.data import PromptCursor, load_prompts
@@ -88,7 +89,8 @@ class Trainer:
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        if training:
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         self.device = cluster.resolve_device(cfg)
         self.model_path = resolve_model_path(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -110,7 +112,7 @@ class Trainer:
             seed=cfg.trainer.seed,
             shuffle=cfg.data.shuffle,
         )
-        plan = cluster.resource_plan(cfg, self.device)
+        plan = cluster.resource_plan(cfg, self.device, with_learner=training)
         self._owns_ray = cluster.init_ray(cfg, plan)
         cluster.check_resources(plan)
         max_model_len = cfg.data.max_prompt_length + cfg.data.max_response_length
@@ -128,10 +130,12 @@ class Trainer:
             num_cpus_per_worker=cfg.cluster.num_cpus_per_reward_worker,
             extra_sys_path=[os.getcwd(), *sys.path],
         )
-        self.learners = LearnerGroup(cfg, model_path=self.model_path, device=self.device)
+        if training:
+            self.learners = LearnerGroup(cfg, model_path=self.model_path, device=self.device)
         self.engines.wait_ready()
-        self.weight_sync = WeightSync(cfg, self.learners, self.engines, device=self.device)
-        self.metrics = metrics.MetricsLogger(cfg, self.run_dir, total_steps=cfg.trainer.total_steps)
+        if training:
+            self.weight_sync = WeightSync(cfg, self.learners, self.engines, device=self.device)
+            self.metrics = metrics.MetricsLogger(cfg, self.run_dir, total_steps=cfg.trainer.total_steps)
 
     def shutdown(self) -> None:
         for part in (self.rewards, self.engines, self.learners):
@@ -283,7 +287,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ eval
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int, *, log_name: str = "eval_greedy") -> dict[str, float]:
         """pass@1 greedy, pass@1 over samples and pass@k on the held-out prompts, with the engines."""
         from grpo_dist.evaluation import eval_metrics
         from grpo_dist.rollout.engine import SamplingSpec
@@ -311,7 +315,7 @@ class Trainer:
             from grpo_dist.rollout_log import rollout_rows, write_rollouts
 
             zeros = [[0.0] * len(s.rewards) for s in greedy]
-            write_rollouts(self.run_dir, step, rollout_rows(step, greedy, zeros), name="eval_greedy")
+            write_rollouts(self.run_dir, step, rollout_rows(step, greedy, zeros), name=log_name)
         return out
 
     def _correctness_key(self) -> str:

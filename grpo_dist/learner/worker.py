@@ -236,8 +236,8 @@ class LearnerWorker:
                     engine.step()
                     weight = float(micro.loss_mask.sum().item())
                     for k, v in metrics.items():
-                        if k == "num_tokens":
-                            continue
+                        if k in ("num_tokens", "num_sequences", "loss"):
+                            continue  # counts, and the loss, which is summed below rather than averaged
                         totals[k] = totals.get(k, 0.0) + v * weight
                         counts[k] = counts.get(k, 0) + int(weight)
                     totals["loss"] = totals.get("loss", 0.0) + float(loss.item())

@@ -15,11 +15,19 @@ from pathlib import Path
 
 from grpo_dist.config import Config
 from grpo_dist.embedded import EMBEDDED_MODEL, EmbeddedModelSpec, cache_root, embedded_model_dir
+from grpo_dist.models.warmstart import WarmStartSpec
 
 logger = logging.getLogger(__name__)
 
-NUM_TRAIN_ROWS = 20000
+NUM_TRAIN_ROWS = 4000
 NUM_EVAL_ROWS = 256
+
+
+def embedded_task():  # -> AdditionTask
+    """The embedded task: sums of two numbers of 1-2 digits."""
+    from grpo_dist.tasks.arithmetic import AdditionTask
+
+    return AdditionTask(min_digits=1, max_digits=2)
 
 
 def _atomic_build(target: Path, build) -> Path:  # build(tmp_dir) -> None
@@ -41,22 +49,44 @@ def _atomic_build(target: Path, build) -> Path:  # build(tmp_dir) -> None
     return target
 
 
-def ensure_embedded_model(spec: EmbeddedModelSpec = EMBEDDED_MODEL, *, force: bool = False) -> Path:
-    """Build the embedded model (tokenizer + random-init weights) unless it is already cached."""
+def ensure_embedded_model(
+    spec: EmbeddedModelSpec = EMBEDDED_MODEL, *, force: bool = False, warm: WarmStartSpec | None = None
+) -> Path:
+    """The embedded default policy, built unless cached: tokenizer + random-init weights, then a supervised
+    warm start on noisy demonstrations of the embedded task's training prompts (see ``warmstart``)."""
     from grpo_dist.models.builder import build_model
+    from grpo_dist.models.warmstart import warm_start
 
+    warm = warm or WarmStartSpec(seed=spec.seed)
     target = embedded_model_dir(spec)
     if force:
         shutil.rmtree(target, ignore_errors=True)
-    return _atomic_build(target, lambda tmp: build_model(tmp, spec))
+
+    def build(tmp: Path) -> None:
+        import pyarrow.parquet as pq
+
+        base = tmp / "base"
+        build_model(base, spec)
+        train, _ = ensure_task_data(spec.seed)
+        stats = warm_start(base, tmp, pq.read_table(train).to_pylist(), warm)
+        shutil.rmtree(base)
+        logger.info("embedded model built: warm start loss %.3f in %.0f s", stats["loss"], stats["seconds"])
+
+    return _atomic_build(target, build)
 
 
 def ensure_task_data(seed: int = 0) -> tuple[Path, Path]:
     """The embedded task's train and held-out eval parquet files (disjoint prompts)."""
     from grpo_dist.tasks.arithmetic import write_splits
 
-    target = cache_root() / "data" / f"addition-seed{seed}"
-    _atomic_build(target, lambda tmp: write_splits(tmp, num_train=NUM_TRAIN_ROWS, num_eval=NUM_EVAL_ROWS, seed=seed))
+    task = embedded_task()
+    target = cache_root() / "data" / f"addition-{task.min_digits}-{task.max_digits}-seed{seed}"
+    _atomic_build(
+        target,
+        lambda tmp: write_splits(
+            tmp, num_train=NUM_TRAIN_ROWS, num_eval=NUM_EVAL_ROWS, seed=seed, task=embedded_task()
+        ),
+    )
     return target / "train.parquet", target / "eval.parquet"
 
 
