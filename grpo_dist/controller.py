@@ -157,10 +157,10 @@ class Trainer:
             self._log_eval(0)
         for step in range(1, cfg.trainer.total_steps + 1):
             record = self.train_step(step)
-            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.total_steps:
-                record |= self._log_eval(step, log=False)
             self.metrics.log(step, record)
             history.append(record)
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.total_steps:
+                self._log_eval(step)  # its own line: eval records and training records stay apart
         if self.eval_prompts:
             self._log_eval(cfg.trainer.total_steps)
         self.learners.save_hf(str(self.run_dir / "final"))
@@ -176,11 +176,7 @@ class Trainer:
         batch = self._train_batch(result)
         train_metrics = self.learners.train(batch, step)
         timing["timing/train_s"] = time.perf_counter() - t0
-        if train_metrics.get("consecutive_nonfinite", 0) >= cfg.learner.max_nonfinite_steps:
-            raise TrainingAborted(
-                f"step {step}: loss or gradient non-finite in {int(train_metrics['consecutive_nonfinite'])} "
-                f"consecutive steps (learner.max_nonfinite_steps = {cfg.learner.max_nonfinite_steps})"
-            )
+        check_nonfinite(step, train_metrics, cfg.learner.max_nonfinite_steps)
         timing |= self.weight_sync.sync(version=step)
         timing["timing/step_s"] = time.perf_counter() - t_step
         num_tokens = sum(len(c.token_ids) for g in result.groups for c in g.group.completions)
@@ -340,11 +336,20 @@ class Trainer:
             raise RuntimeError(f"step {step}: rollout returned groups for other prompts than were sent")
         return scored
 
-    def _log_eval(self, step: int, *, log: bool = True) -> dict[str, float]:
+    def _log_eval(self, step: int) -> dict[str, float]:
         out = self.evaluate(step)
-        if log:
-            self.metrics.log(step, out)
+        self.metrics.log(step, out)
         return out
+
+
+def check_nonfinite(step: int, train_metrics: dict[str, float], max_steps: int) -> None:
+    """Abort once ``max_steps`` consecutive steps had their update skipped for a non-finite loss/gradient."""
+    run = int(train_metrics.get("consecutive_nonfinite", 0))
+    if run >= max_steps:
+        raise TrainingAborted(
+            f"step {step}: the loss or gradient was non-finite in {run} consecutive steps, each update skipped "
+            f"(learner.max_nonfinite_steps = {max_steps}); lower learner.lr or check the rewards and data"
+        )
 
 
 def _zero_std(group: ScoredGroup) -> bool:

@@ -187,6 +187,20 @@ def test_step_metrics_are_complete(trained: Any) -> None:
     assert (trained.run_dir / "final" / "model.safetensors").is_file()
 
 
+def test_eval_command_scores_the_final_policy(trained: Any) -> None:
+    """`grpo-dist eval --run RUN_DIR` loads the run's exported policy into fresh engines and scores it."""
+    import json
+
+    from grpo_dist.cli import main
+
+    assert main(["eval", "--run", str(trained.run_dir), "logging.progress=off"]) == 0
+    result = json.loads((trained.run_dir / "eval.json").read_text())
+    assert 0.0 <= result["eval/pass@1"] <= 1.0
+    assert result["eval/num_prompts"] == 4
+    assert {"eval/pass@1", "eval/pass@2", "eval/pass@1_sampled"} <= set(result)
+    assert (trained.run_dir / "rollouts" / "eval_cli_greedy_000000.parquet").is_file()
+
+
 def test_stalled_engine_fails_the_sync_within_its_deadline(trained: Any) -> None:
     """Runs last in the module: it leaves the sync group broken."""
     import ray
