@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,8 @@ def placement_group(bundles: list[dict[str, float]], strategy: str, *, name: str
     from ray.util.placement_group import placement_group as create
     from ray.util.placement_group import remove_placement_group
 
+    # unique per run: several runs (a training run and an eval, two jobs) may share one cluster
+    name = f"{name}-{uuid.uuid4().hex[:8]}"
     pg = create(bundles, strategy=strategy, name=name)
     try:
         ray.get(pg.ready(), timeout=timeout_s)

@@ -25,6 +25,7 @@ terminal, and every completion to ``rollouts/``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -37,10 +38,14 @@ from typing import Any
 import torch
 
 from grpo_dist import algo, cluster, metrics
+from grpo_dist.checkpoint import CheckpointManager, write_json_durably
 from grpo_dist.config import Config, model_context_length
 from grpo_dist.types import Prompt, ScoredGroup
 
 logger = logging.getLogger("grpo_dist")
+
+
+CONTROLLER_STATE = "controller.json"
 
 
 class TrainingAborted(RuntimeError):  # noqa: N818 - a state, not a programming error
@@ -66,6 +71,7 @@ class Trainer:
         self.learners: Any = None
         self.rewards: Any = None
         self.weight_sync: Any = None
+        self._consecutive_nonfinite = 0
 
     # --------------------------------------------------------------------------------------------- set-up
 
@@ -89,7 +95,12 @@ class Trainer:
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.trainer.keep_last)
+        self.resume_from: Path | None = None
+        self.start_step = 1
         if training:
+            self.checkpoints.cleanup()
+            self.resume_from = self.checkpoints.resolve(cfg.trainer.resume)  # verified, or refused
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         self.device = cluster.resolve_device(cfg)
         self.model_path = resolve_model_path(cfg)
@@ -122,8 +133,19 @@ class Trainer:
                 f"data.max_prompt_length + data.max_response_length = {max_model_len} exceeds the context of "
                 f"{self.model_path} ({context} tokens)"
             )
+        state: dict[str, Any] = {}
+        engine_model, version = self.model_path, 0
+        if self.resume_from is not None:
+            state = json.loads((self.resume_from / CONTROLLER_STATE).read_text())
+            self.cursor.load_state_dict(state["cursor"])
+            self.start_step = state["step"] + 1
+            self._consecutive_nonfinite = state["consecutive_nonfinite"]
+            engine_model, version = str(self.resume_from / "hf"), state["weights_version"]
+            logger.info("resuming from %s (step %d)", self.resume_from, state["step"])
         # engines start in their own processes while the learner ranks rendezvous
-        self.engines = EnginePool(cfg, model_path=self.model_path, device=self.device, max_model_len=max_model_len)
+        self.engines = EnginePool(
+            cfg, model_path=engine_model, device=self.device, max_model_len=max_model_len, initial_version=version
+        )
         self.rewards = RewardPool(
             cfg.reward,
             max_response_length=cfg.data.max_response_length,
@@ -131,11 +153,20 @@ class Trainer:
             extra_sys_path=[os.getcwd(), *sys.path],
         )
         if training:
+            # the learner starts from the original model (also the KL reference) and then loads its state
             self.learners = LearnerGroup(cfg, model_path=self.model_path, device=self.device)
+            if self.resume_from is not None:
+                self.learners.load_checkpoint(
+                    str(self.resume_from / "learner"),
+                    version=state["weights_version"],
+                    consecutive_nonfinite=state["consecutive_nonfinite"],
+                )
         self.engines.wait_ready()
         if training:
             self.weight_sync = WeightSync(cfg, self.learners, self.engines, device=self.device)
-            self.metrics = metrics.MetricsLogger(cfg, self.run_dir, total_steps=cfg.trainer.total_steps)
+            self.metrics = metrics.MetricsLogger(
+                cfg, self.run_dir, total_steps=cfg.trainer.total_steps, initial_step=self.start_step - 1
+            )
 
     def shutdown(self) -> None:
         for part in (self.rewards, self.engines, self.learners):
@@ -153,18 +184,39 @@ class Trainer:
     def run(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         history = []
-        if cfg.trainer.eval_every >= 0 and self.eval_prompts:
+        last = cfg.trainer.total_steps
+        if self.start_step == 1 and self.eval_prompts:
             self._log_eval(0)
-        for step in range(1, cfg.trainer.total_steps + 1):
+        for step in range(self.start_step, last + 1):
             record = self.train_step(step)
             self.metrics.log(step, record)
             history.append(record)
-            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.total_steps:
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != last:
                 self._log_eval(step)  # its own line: eval records and training records stay apart
-        if self.eval_prompts:
-            self._log_eval(cfg.trainer.total_steps)
+            if step == last or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+                self.save_checkpoint(step)
+        if self.eval_prompts and self.start_step <= last:
+            self._log_eval(last)
         self.learners.save_hf(str(self.run_dir / "final"))
         return history
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Learner state, controller state and an HF export, written atomically (see ``checkpoint``)."""
+        t0 = time.perf_counter()
+        tmp = self.checkpoints.begin(step)
+        self.learners.save_checkpoint(str(tmp / "learner"))
+        self.learners.save_hf(str(tmp / "hf"))
+        state = {
+            "step": step,
+            "weights_version": step,
+            "cursor": self.cursor.state_dict(),
+            "consecutive_nonfinite": self._consecutive_nonfinite,
+            "config": self.cfg.to_dict(),
+        }
+        write_json_durably(tmp / CONTROLLER_STATE, state)
+        path = self.checkpoints.commit(tmp, step)
+        logger.info("checkpoint %s written in %.1f s", path.name, time.perf_counter() - t0)
+        return path
 
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
@@ -176,6 +228,7 @@ class Trainer:
         batch = self._train_batch(result)
         train_metrics = self.learners.train(batch, step)
         timing["timing/train_s"] = time.perf_counter() - t0
+        self._consecutive_nonfinite = int(train_metrics.get("consecutive_nonfinite", 0))
         check_nonfinite(step, train_metrics, cfg.learner.max_nonfinite_steps)
         timing |= self.weight_sync.sync(version=step)
         timing["timing/step_s"] = time.perf_counter() - t_step
@@ -331,6 +384,17 @@ class Trainer:
         scored = sorted(
             self.rewards.collect(timeout_s=self.cfg.reward.collect_timeout_s), key=lambda s: s.group.batch_index
         )
+        for failure in self.rewards.drain_failures():
+            logger.warning(
+                "step %d: reward function %r: %s on prompt %d sample %d, handled by %s: %s",
+                step,
+                failure.function,
+                failure.kind,
+                failure.prompt_id,
+                failure.sample_index,
+                self.cfg.reward.failure_policy,
+                failure.message,
+            )
         got = [(s.group.batch_index, s.group.prompt.prompt_id) for s in scored]
         if got != [(i, p.prompt_id) for i, p in enumerate(prompts)]:
             raise RuntimeError(f"step {step}: rollout returned groups for other prompts than were sent")

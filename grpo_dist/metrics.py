@@ -39,13 +39,21 @@ def _clean(value: Any) -> Any:
 
 class MetricsLogger:
     def __init__(self, cfg: Config, run_dir: Path, *, total_steps: int, initial_step: int = 0) -> None:
+        """``initial_step`` > 0 continues a resumed run: records after it (written by the interrupted run
+        after its last checkpoint) are dropped, so every step appears once. A fresh run starts a new file."""
         self.run_dir = run_dir
-        self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        path = run_dir / "metrics.jsonl"
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= initial_step] if initial_step and path.exists() else []
+        with path.open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        self.jsonl = path.open("a", encoding="utf-8")
         self.tb: Any = None
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(
+                log_dir=str(run_dir / "tensorboard"), purge_step=initial_step + 1 if initial_step else None
+            )
         self.wandb: Any = None
         if cfg.logging.wandb.enabled:
             self.wandb = _init_wandb(cfg, run_dir)

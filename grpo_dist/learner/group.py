@@ -98,6 +98,19 @@ class LearnerGroup:
     def publish_refs(self, verify: bool) -> list[Any]:
         return self._refs("publish_weights", verify)
 
+    def save_checkpoint(self, path: str) -> None:
+        self._call_all("save_checkpoint", path, timeout_s=self.cfg.learner.step_timeout_s, what="checkpoint save")
+
+    def load_checkpoint(self, path: str, *, version: int, consecutive_nonfinite: int) -> None:
+        self._call_all(
+            "load_checkpoint",
+            path,
+            version,
+            consecutive_nonfinite,
+            timeout_s=self.cfg.learner.step_timeout_s,
+            what="checkpoint load",
+        )
+
     def save_hf(self, path: str) -> str:
         return self._call_all("save_hf", path, timeout_s=self.cfg.learner.step_timeout_s, what="save")[0]
 

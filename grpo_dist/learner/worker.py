@@ -350,6 +350,22 @@ class LearnerWorker:
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
         return path
 
+    def save_checkpoint(self, path: str) -> bool:
+        """This rank's DeepSpeed state (model, optimizer, LR scheduler); every rank must call."""
+        self.engine.save_checkpoint(path, tag="state", save_latest=False)
+        return True
+
+    def load_checkpoint(self, path: str, version: int, consecutive_nonfinite: int) -> bool:
+        """Restore the state ``save_checkpoint`` wrote (a checkpoint the driver has verified)."""
+        load_path, _ = self.engine.load_checkpoint(
+            path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise RuntimeError(f"learner rank {self.rank}: DeepSpeed found no state under {path}")
+        self.version = version
+        self.consecutive_nonfinite = consecutive_nonfinite
+        return True
+
     def info(self) -> dict[str, Any]:
         return {"rank": self.rank, "pid": os.getpid(), "version": self.version}
 

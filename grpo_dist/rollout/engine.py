@@ -75,6 +75,7 @@ class VllmEngine:
         kv_cache_gib: float = 0.5,
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool = True,
+        initial_version: int = 0,
     ) -> None:
         from vllm import LLM
 
@@ -98,7 +99,7 @@ class VllmEngine:
             logprobs_mode="processed_logprobs",
             **kwargs,
         )
-        self.version = 0
+        self.version = initial_version  # the weights in model_path are this version (a resumed run's export)
         self.corrupt = False
         self._receiver: Any = None
         self._plan: list[Bucket] = []

@@ -45,7 +45,9 @@ def chunk(items: list[Any], num_chunks: int) -> list[list[Any]]:
 
 
 class EnginePool:
-    def __init__(self, cfg: Config, *, model_path: str, device: str, max_model_len: int) -> None:
+    def __init__(
+        self, cfg: Config, *, model_path: str, device: str, max_model_len: int, initial_version: int = 0
+    ) -> None:
         """Start the engine actors (without waiting for them: see ``wait_ready``)."""
         self.cfg = cfg
         r = cfg.rollout
@@ -74,6 +76,7 @@ class EnginePool:
                 kv_cache_gib=r.kv_cache_gib,
                 gpu_memory_utilization=r.gpu_memory_utilization,
                 enforce_eager=r.enforce_eager,
+                initial_version=initial_version,
             )
             for i in range(r.num_engines)
         ]
