@@ -105,6 +105,11 @@ def test_sigkill_while_writing_never_leaves_a_bad_latest(tmp_path: Path) -> None
     assert intact == committed
     write_record(
         "checkpoint_sigkill",
-        {"trials": trials, "kills": trials, "latest_verified": intact, "leftovers_cleaned": leftovers_cleaned,
-         "bad_latest": committed - intact},
+        {
+            "trials": trials,
+            "kills": trials,
+            "latest_verified": intact,
+            "leftovers_cleaned": leftovers_cleaned,
+            "bad_latest": committed - intact,
+        },
     )
