@@ -83,6 +83,7 @@ def init_ray(cfg: Config, plan: ResourcePlan) -> bool:
         num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(plan.total_cpus + 0.999))
         ray.init(
             address="local",
+            dashboard_host="127.0.0.1",  # never exposed beyond this machine by default
             num_cpus=num_cpus,
             include_dashboard=False,
             runtime_env=env,
@@ -150,11 +151,15 @@ def cpu_ids_for(index: int, count: float) -> list[int]:
 
 
 class ActorDiedError(RuntimeError):
-    """An actor died while the driver waited on it."""
+    """An actor died while the driver waited on it; ``dead`` names which."""
+
+    def __init__(self, message: str, *, dead: list[str]) -> None:
+        super().__init__(message)
+        self.dead = dead
 
 
 def wait_all(refs: list[Any], *, timeout_s: float, what: str, names: list[str]) -> list[Any]:
-    """``ray.get`` with a deadline that names whichever actors did not answer in time."""
+    """``ray.get`` with a deadline that names whichever actors did not answer in time, or died."""
     import ray
 
     _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
@@ -163,7 +168,12 @@ def wait_all(refs: list[Any], *, timeout_s: float, what: str, names: list[str]) 
         for r in pending:
             ray.cancel(r, force=False)
         raise TimeoutError(f"{what}: no answer within {timeout_s:g} s from {', '.join(late)}")
-    try:
-        return ray.get(refs, timeout=1.0)
-    except ray.exceptions.RayActorError as exc:
-        raise ActorDiedError(f"{what}: an actor died: {exc}") from exc
+    results, dead = [], []
+    for name, ref in zip(names, refs, strict=True):
+        try:
+            results.append(ray.get(ref, timeout=1.0))
+        except ray.exceptions.RayActorError:
+            dead.append(name)
+    if dead:
+        raise ActorDiedError(f"{what}: {', '.join(dead)} died", dead=dead)
+    return results

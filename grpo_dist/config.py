@@ -132,6 +132,11 @@ class RolloutConfig(_Section):
     """Skip CUDA graphs / torch.compile: faster start, slightly slower decode."""
     request_timeout_s: float = Field(600.0, gt=0.0)
     """Deadline for one engine's share of a rollout batch."""
+    on_engine_failure: Literal["restart", "shrink"] = "restart"
+    """An engine that dies mid-run is restarted in its slot (``restart``) or dropped (``shrink``); either
+    way its unfinished prompts are resubmitted and the step completes."""
+    max_engine_restarts: int = Field(2, ge=0)
+    """Restarts allowed per engine slot; past it the run stops with an error naming the engine."""
     chunks_per_engine: int = Field(2, ge=1)
     """Each engine's share of a batch is sent as this many requests, so that reward workers score the
     first groups while the engine generates the rest."""

@@ -38,8 +38,11 @@ from typing import Any
 import torch
 
 from grpo_dist import algo, cluster, metrics
-from grpo_dist.checkpoint import CheckpointManager, write_json_durably
+from grpo_dist.checkpoint import CheckpointManager, checkpoint_name, write_json_durably
+from grpo_dist.cluster import ActorDiedError
 from grpo_dist.config import Config, model_context_length
+from grpo_dist.rollout.pool import EngineError
+from grpo_dist.sync.manager import WeightSyncError
 from grpo_dist.types import Prompt, ScoredGroup
 
 logger = logging.getLogger("grpo_dist")
@@ -72,6 +75,8 @@ class Trainer:
         self.rewards: Any = None
         self.weight_sync: Any = None
         self._consecutive_nonfinite = 0
+        self.weights_version = 0  # the version every engine holds (= the last step whose weights were synced)
+        self._trained_step = 0  # the last step whose update the learner holds
 
     # --------------------------------------------------------------------------------------------- set-up
 
@@ -140,6 +145,7 @@ class Trainer:
             self.cursor.load_state_dict(state["cursor"])
             self.start_step = state["step"] + 1
             self._consecutive_nonfinite = state["consecutive_nonfinite"]
+            self.weights_version = self._trained_step = state["step"]
             engine_model, version = str(self.resume_from / "hf"), state["weights_version"]
             logger.info("resuming from %s (step %d)", self.resume_from, state["step"])
         # engines start in their own processes while the learner ranks rendezvous
@@ -188,7 +194,12 @@ class Trainer:
         if self.start_step == 1 and self.eval_prompts:
             self._log_eval(0)
         for step in range(self.start_step, last + 1):
-            record = self.train_step(step)
+            try:
+                record = self.train_step(step)
+            except ActorDiedError as exc:
+                raise self._abort(step, exc) from exc
+            except (EngineError, WeightSyncError, TimeoutError) as exc:
+                raise self._abort(step, exc) from exc
             self.metrics.log(step, record)
             history.append(record)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != last:
@@ -199,6 +210,50 @@ class Trainer:
             self._log_eval(last)
         self.learners.save_hf(str(self.run_dir / "final"))
         return history
+
+    def _abort(self, step: int, exc: Exception) -> TrainingAborted:
+        """Stop the run on a fault it cannot absorb, leaving a checkpoint to resume from."""
+        dead = getattr(exc, "dead", [])
+        if any(name.startswith("learner") for name in dead):
+            # the dead rank held a shard of the ZeRO state: the survivors cannot rebuild it
+            hint = self._resume_hint()
+            return TrainingAborted(
+                f"step {step}: {', '.join(dead)} died; ZeRO state cannot be rebuilt from the surviving ranks. {hint}"
+            )
+        try:
+            if self._trained_step < step:  # the step's batch was drawn but not trained on: put it back
+                self.cursor.load_state_dict(self._cursor_at_step_start)
+            if self._trained_step >= 1 and self.checkpoints.latest_name() != checkpoint_name(self._trained_step):
+                self.save_checkpoint(self._trained_step)
+        except (ActorDiedError, TimeoutError, OSError, RuntimeError, ValueError) as save_exc:  # never mask the first
+            logger.error("step %d: could not write a checkpoint after the fault: %s", step, save_exc)
+        return TrainingAborted(f"step {step}: {exc}. {self._resume_hint()}")
+
+    def _resume_hint(self) -> str:
+        name = self.checkpoints.latest_name()
+        if name is None:
+            return "No checkpoint was written yet: the run must start again."
+        return f"The latest checkpoint is {name}: continue with trainer.resume=auto."
+
+    def _recover_engines(self) -> None:
+        """After an engine was replaced: a new sync group, and the current weights into every engine."""
+        self.weight_sync.connect()
+        self.weight_sync.sync(version=self.weights_version)
+
+    def _sync(self, step: int) -> dict[str, float]:
+        """Publish the weights of ``step``; an engine that died meanwhile is replaced and the sync repeated."""
+        try:
+            timing = self.weight_sync.sync(version=step)
+        except ActorDiedError as exc:
+            engines = [n for n in exc.dead if n.startswith("engine")]
+            if not engines or len(engines) != len(exc.dead):
+                raise
+            for name in engines:
+                self.engines.replace_failed(self.engines.names.index(name), step=step, reason="died during a sync")
+            self.weight_sync.connect()
+            timing = self.weight_sync.sync(version=step)
+        self.weights_version = step
+        return timing
 
     def save_checkpoint(self, step: int) -> Path:
         """Learner state, controller state and an HF export, written atomically (see ``checkpoint``)."""
@@ -221,6 +276,7 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         t_step = time.perf_counter()
+        self._cursor_at_step_start = self.cursor.state_dict()
         prompts = [self.train_prompts[i] for i in self.cursor.next_batch()]
         groups, timing, rounds = self._sample(step, prompts)
         result = self._advantages(groups)
@@ -230,7 +286,8 @@ class Trainer:
         timing["timing/train_s"] = time.perf_counter() - t0
         self._consecutive_nonfinite = int(train_metrics.get("consecutive_nonfinite", 0))
         check_nonfinite(step, train_metrics, cfg.learner.max_nonfinite_steps)
-        timing |= self.weight_sync.sync(version=step)
+        self._trained_step = step
+        timing |= self._sync(step)
         timing["timing/step_s"] = time.perf_counter() - t_step
         num_tokens = sum(len(c.token_ids) for g in result.groups for c in g.group.completions)
         record = {
@@ -270,7 +327,13 @@ class Trainer:
         min_version = max(0, step - 1 - self.cfg.sync.max_staleness)
         t0 = time.perf_counter()
         for groups in self.engines.generate(
-            prompts, spec, step=step, stream=stream, min_version=min_version, chunks_per_engine=r.chunks_per_engine
+            prompts,
+            spec,
+            step=step,
+            stream=stream,
+            min_version=min_version,
+            chunks_per_engine=r.chunks_per_engine,
+            recover=self._recover_engines,
         ):
             self.rewards.submit(groups)
         t_rollout = time.perf_counter() - t0
@@ -375,7 +438,8 @@ class Trainer:
         return self.cfg.reward.functions[0].name
 
     def _score_all(self, step: int, prompts: list[Prompt], spec: Any, stream: str) -> list[ScoredGroup]:
-        for groups in self.engines.generate(prompts, spec, step=step, stream=stream, min_version=step):
+        recover = self._recover_engines if self.weight_sync is not None else None
+        for groups in self.engines.generate(prompts, spec, step=step, stream=stream, min_version=step, recover=recover):
             self.rewards.submit(groups)
         return self._collect_in_order(step, prompts)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from grpo_dist import cluster
@@ -57,40 +57,88 @@ class EnginePool:
         self.pg = cluster.placement_group(
             [bundle] * r.num_engines, strategy, name="grpo-dist-rollout", timeout_s=cfg.cluster.placement_timeout_s
         )
-        self.names = [f"engine {i}" for i in range(r.num_engines)]
-        self.actors = [
-            create_engine_actor(
-                num_cpus=plan.cpus_per_engine,
-                num_gpus=plan.gpus_per_engine if r.tensor_parallel_size == 1 else 0,
-                env=engine_env(
-                    device=device, cpu_ids=cluster.cpu_ids_for(i, plan.cpus_per_engine) if device == "cpu" else None
-                ),
-                scheduling=cluster.bundle_strategy(self.pg, i),
-                engine_index=i,
-                model_path=model_path,
-                dtype=_engine_dtype(cfg.model.dtype, device),
-                device=device,
-                max_model_len=max_model_len,
-                seed=cfg.trainer.seed,
-                tensor_parallel_size=r.tensor_parallel_size,
-                kv_cache_gib=r.kv_cache_gib,
-                gpu_memory_utilization=r.gpu_memory_utilization,
-                enforce_eager=r.enforce_eager,
-                initial_version=initial_version,
-            )
-            for i in range(r.num_engines)
-        ]
+        self._plan = plan
+        self._device = device
+        self._engine_kwargs: dict[str, Any] = {
+            "model_path": model_path,
+            "dtype": _engine_dtype(cfg.model.dtype, device),
+            "device": device,
+            "max_model_len": max_model_len,
+            "seed": cfg.trainer.seed,
+            "tensor_parallel_size": r.tensor_parallel_size,
+            "kv_cache_gib": r.kv_cache_gib,
+            "gpu_memory_utilization": r.gpu_memory_utilization,
+            "enforce_eager": r.enforce_eager,
+            "initial_version": initial_version,
+        }
+        # slot i is bundle i of the placement group; a restarted engine takes its predecessor's slot
+        self.slots = list(range(r.num_engines))
+        self.actors = [self._start(i) for i in self.slots]
+        self.restarts = dict.fromkeys(self.slots, 0)
+        self.fault_stats = {"engines_restarted": 0, "engines_removed": 0, "chunks_resubmitted": 0}
 
-    def wait_ready(self) -> list[dict[str, Any]]:
-        return self.call_all("info", timeout_s=self.cfg.rollout.request_timeout_s, what="engine start-up")
+    def _start(self, slot: int) -> Any:
+        p = self._plan
+        return create_engine_actor(
+            num_cpus=p.cpus_per_engine,
+            num_gpus=p.gpus_per_engine if self.cfg.rollout.tensor_parallel_size == 1 else 0,
+            env=engine_env(
+                device=self._device,
+                cpu_ids=cluster.cpu_ids_for(slot, p.cpus_per_engine) if self._device == "cpu" else None,
+            ),
+            scheduling=cluster.bundle_strategy(self.pg, slot),
+            engine_index=slot,
+            **self._engine_kwargs,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [f"engine {s}" for s in self.slots]
 
     @property
     def num_engines(self) -> int:
         return len(self.actors)
 
+    def wait_ready(self) -> list[dict[str, Any]]:
+        return self.call_all("info", timeout_s=self.cfg.rollout.request_timeout_s, what="engine start-up")
+
     def call_all(self, method: str, *args: Any, timeout_s: float, what: str, **kwargs: Any) -> list[Any]:
         refs = [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
         return wait_all(refs, timeout_s=timeout_s, what=what, names=self.names)
+
+    def replace_failed(self, position: int, *, step: int, reason: str) -> None:
+        """An engine died: restart it in its slot (``rollout.on_engine_failure: restart``, within
+        ``rollout.max_engine_restarts``) or drop it from the pool (``shrink``). The caller must then bring
+        the engines' weights back to the current version before using them."""
+        import ray
+
+        r = self.cfg.rollout
+        slot, name = self.slots[position], self.names[position]
+        ray.kill(self.actors[position], no_restart=True)
+        if r.on_engine_failure == "shrink":
+            if self.num_engines == 1:
+                raise EngineError(f"step {step}: {name} {reason} and it was the last engine")
+            logger.warning("step %d: %s %s; continuing with %d engines", step, name, reason, self.num_engines - 1)
+            del self.actors[position], self.slots[position]
+            self.fault_stats["engines_removed"] += 1
+            return
+        if self.restarts[slot] >= r.max_engine_restarts:
+            raise EngineError(
+                f"step {step}: {name} {reason} and has used its restart budget "
+                f"(rollout.max_engine_restarts = {r.max_engine_restarts})"
+            )
+        self.restarts[slot] += 1
+        self.fault_stats["engines_restarted"] += 1
+        logger.warning(
+            "step %d: %s %s; restarting it (%d/%d)", step, name, reason, self.restarts[slot], r.max_engine_restarts
+        )
+        self.actors[position] = self._start(slot)
+        wait_all(
+            [self.actors[position].info.remote()],
+            timeout_s=r.request_timeout_s,
+            what=f"restart of {name}",
+            names=[name],
+        )
 
     def generate(
         self,
@@ -101,8 +149,14 @@ class EnginePool:
         stream: str,
         min_version: int,
         chunks_per_engine: int = 1,
+        recover: Callable[[], None] | None = None,
     ) -> Iterator[list[RolloutGroup]]:
-        """Yield lists of groups as engines finish them; every prompt's group arrives exactly once."""
+        """Yield lists of groups as engines finish them; every prompt's group arrives exactly once.
+
+        When an engine dies, its unfinished prompts are resubmitted once it has been replaced (or, after a
+        shrink, to the remaining engines) and ``recover`` has brought every engine to the current weights.
+        Seeds depend on the prompt and sample, not on the engine, so the result equals a fault-free one.
+        """
         import ray
 
         costs = [(len(p.token_ids) + spec.max_tokens) * spec.n for p in prompts]
@@ -111,25 +165,30 @@ class EnginePool:
         for p in prompts:
             occurrences.append(seen.get(p.prompt_id, 0))
             seen[p.prompt_id] = occurrences[-1] + 1
-        pending: dict[Any, str] = {}
-        for e, indices in enumerate(balance(costs, self.num_engines)):
-            for part in chunk(indices, chunks_per_engine):
-                ref = self.actors[e].generate.remote(
-                    [prompts[i] for i in part],
-                    spec,
-                    run_seed=self.cfg.trainer.seed,
-                    stream=stream,
-                    step=step,
-                    min_version=min_version,
-                    batch_indices=part,
-                    occurrences=[occurrences[i] for i in part],
-                )
-                pending[ref] = self.names[e]
+        pending: dict[Any, tuple[Any, list[int]]] = {}  # ref -> (actor, indices of prompts)
+
+        def submit(indices: list[int]) -> None:
+            for position, share in enumerate(balance([costs[i] for i in indices], self.num_engines)):
+                for part in chunk([indices[i] for i in share], chunks_per_engine):
+                    actor = self.actors[position]
+                    ref = actor.generate.remote(
+                        [prompts[i] for i in part],
+                        spec,
+                        run_seed=self.cfg.trainer.seed,
+                        stream=stream,
+                        step=step,
+                        min_version=min_version,
+                        batch_indices=part,
+                        occurrences=[occurrences[i] for i in part],
+                    )
+                    pending[ref] = (actor, part)
+
+        submit(list(range(len(prompts))))
         deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                late = sorted(set(pending.values()))
+                late = sorted({self._name_of(a) for a, _ in pending.values()})
                 for ref in pending:
                     ray.cancel(ref)
                 raise EngineError(
@@ -137,13 +196,25 @@ class EnginePool:
                     f"{', '.join(late)}"
                 )
             ref = ready[0]
-            name = pending.pop(ref)
+            actor, part = pending.pop(ref)
             try:
-                yield ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                raise EngineError(f"rollout of step {step}: {name} died: {exc}") from exc
+                groups = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                lost = part + [i for a, p in list(pending.values()) if a is actor for i in p]
+                for other in [r for r, (a, _) in pending.items() if a is actor]:
+                    del pending[other]
+                self.replace_failed(self.actors.index(actor), step=step, reason="died during the rollout")
+                if recover is not None:
+                    recover()
+                self.fault_stats["chunks_resubmitted"] += 1
+                submit(sorted(lost))
+                continue
             except ray.exceptions.RayTaskError as exc:
-                raise EngineError(f"rollout of step {step}: {name} failed: {exc}") from exc
+                raise EngineError(f"rollout of step {step}: {self._name_of(actor)} failed: {exc}") from exc
+            yield groups
+
+    def _name_of(self, actor: Any) -> str:
+        return self.names[self.actors.index(actor)] if actor in self.actors else "a replaced engine"
 
     def shutdown(self) -> None:
         import ray

@@ -33,17 +33,24 @@ class WeightSync:
         self.transport = cfg.sync.transport
         self.plan = learners.weight_plan()
         self.num_bytes = sum(b.nbytes for b in self.plan)
-        backend = "nccl" if device == "cuda" else "gloo"
-        timeout = cfg.sync.timeout_s
-        common: dict[str, Any] = {"transport": self.transport, "timeout_s": timeout, "backend": backend}
-        if self.transport == "broadcast":
-            host, port = learners.address()
-            common |= {"host": host, "port": port, "world_size": 1 + engines.num_engines}
-        refs = learners.init_weight_sync_refs(**common)
-        refs += [e.init_weight_sync.remote(plan=self.plan, rank=1 + i, **common) for i, e in enumerate(engines.actors)]
-        names = learners.names + engines.names
-        wait_all(refs, timeout_s=timeout, what="weight-sync group set-up", names=names)
+        self.backend = "nccl" if device == "cuda" else "gloo"
+        self.connect()
         logger.info("weight sync: %s, %d buckets, %.1f MB", self.transport, len(self.plan), self.num_bytes / 1e6)
+
+    def connect(self) -> None:
+        """(Re)build the sync group over the current engines: at start, and after an engine was replaced
+        (a collective group has a fixed membership, so a new engine needs a new group, on a new port)."""
+        timeout = self.cfg.sync.timeout_s
+        common: dict[str, Any] = {"transport": self.transport, "timeout_s": timeout, "backend": self.backend}
+        if self.transport == "broadcast":
+            host, port = self.learners.address()
+            common |= {"host": host, "port": port, "world_size": 1 + self.engines.num_engines}
+        refs = self.learners.init_weight_sync_refs(**common)
+        refs += [
+            e.init_weight_sync.remote(plan=self.plan, rank=1 + i, **common) for i, e in enumerate(self.engines.actors)
+        ]
+        names = self.learners.names + self.engines.names
+        wait_all(refs, timeout_s=timeout, what="weight-sync group set-up", names=names)
 
     def sync(self, version: int) -> dict[str, float]:
         """Publish the learner's current weights as ``version``; returns timing metrics."""

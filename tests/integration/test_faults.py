@@ -1,0 +1,193 @@
+"""Faults survived, on real actors: an engine SIGKILLed mid-step is replaced and the step's result equals
+the fault-free one; an engine that keeps dying stops the run with a resumable checkpoint and no leaked
+resources; a learner rank SIGKILLed stops the run cleanly and ``trainer.resume=auto`` continues."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.records import write_record
+
+pytestmark = pytest.mark.slow
+
+BATCH, G = 4, 4
+SAMPLES_PER_STEP = BATCH * G
+
+
+def _cfg(tiny_assets: dict[str, str], run_dir: Path, trigger: Path, *extra: str) -> Any:
+    from grpo_dist.config import load_config
+
+    return load_config(
+        Path(__file__).parents[2] / "configs" / "tiny.yaml",
+        [
+            f"model.path={tiny_assets['model']}",
+            f"data.train_files=[{tiny_assets['train']}]",
+            f"data.eval_files=[{tiny_assets['eval']}]",
+            f"trainer.output_dir={run_dir}",
+            f"data.train_batch_size={BATCH}",
+            f"rollout.num_generations={G}",
+            "data.max_response_length=24",
+            "rollout.ignore_eos=true",  # long enough generations that the kill lands mid-rollout
+            "rollout.kv_cache_gib=0.25",
+            "learner.lr=1e-3",
+            "eval.max_prompts=4",
+            "logging.progress=off",
+            "reward.functions=[{name: exact_match}, {name: digits, path: 'tests.integration.reward_fns:digit_fraction'},"
+            f" {{name: fault, path: 'tests.integration.fault_fns:kill_after', weight: 0.0,"
+            f" kwargs: {{trigger_file: '{trigger}', after_calls: {SAMPLES_PER_STEP}}}}}]",
+            *extra,
+        ],
+    )
+
+
+def _rows(run_dir: Path, step: int) -> dict[tuple[int, int], tuple[str, float]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(run_dir / "rollouts" / f"step_{step:06d}.parquet").to_pylist()
+    return {(r["prompt_id"], r["sample_index"]): (r["completion"], r["reward"]) for r in table}
+
+
+def _pid(actor: Any) -> int:
+    import ray
+
+    return int(ray.get(actor.info.remote(), timeout=60)["pid"])
+
+
+def _stable(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if not k.startswith(("timing/", "throughput/", "sync/gb_per_s"))}
+
+
+def test_engine_killed_mid_step_is_replaced(local_ray: None, tiny_assets: dict[str, str], tmp_path: Path) -> None:
+    from grpo_dist.controller import Trainer
+
+    records = {}
+    for name in ("reference", "faulty"):
+        trigger = tmp_path / f"{name}.trigger"
+        trainer = Trainer(_cfg(tiny_assets, tmp_path / name, trigger, "trainer.total_steps=2"))
+        try:
+            trainer.start()
+            if name == "faulty":
+                trigger.write_text(str(_pid(trainer.engines.actors[1])))
+            records[name] = [trainer.train_step(1), trainer.train_step(2)]
+            stats = dict(trainer.engines.fault_stats)
+        finally:
+            trainer.shutdown()
+    assert (tmp_path / "faulty.fired").exists()  # the kill happened, during step 2's scoring
+    assert stats["engines_restarted"] == 1
+    assert stats["chunks_resubmitted"] >= 1  # it died with work in hand: the kill landed mid-rollout
+    for step in (1, 2):
+        assert _rows(tmp_path / "faulty", step) == _rows(tmp_path / "reference", step)  # every group, same tokens
+        assert _stable(records["faulty"][step - 1]) == _stable(records["reference"][step - 1])
+    write_record(
+        "engine_killed_mid_step",
+        {
+            "faults_injected": 1,
+            "engines_restarted": stats["engines_restarted"],
+            "chunks_resubmitted": stats["chunks_resubmitted"],
+            "steps_completed": 2,
+            "samples_lost": 0,
+            "samples_duplicated": 0,
+            "result_equals_fault_free": True,
+        },
+    )
+
+
+def _wait_all_cpus_free(timeout_s: float = 30.0) -> tuple[float, float]:
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+        if free == total or time.monotonic() > deadline:
+            return free, total
+        time.sleep(0.2)
+
+
+def test_engine_past_its_restart_budget_stops_the_run(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
+) -> None:
+    from grpo_dist.checkpoint import CheckpointManager
+    from grpo_dist.controller import Trainer, TrainingAborted
+
+    trigger = tmp_path / "run.trigger"
+    trainer = Trainer(
+        _cfg(tiny_assets, tmp_path / "run", trigger, "trainer.total_steps=3", "rollout.max_engine_restarts=0")
+    )
+    try:
+        trainer.start()
+        trigger.write_text(str(_pid(trainer.engines.actors[1])))
+        with pytest.raises(
+            TrainingAborted,
+            match=r"step 2: step 2: engine 1 died during the rollout and has used its"
+            r" restart budget",
+        ) as info:
+            trainer.run()
+    finally:
+        trainer.shutdown()
+    assert "step_000001: continue with trainer.resume=auto" in str(info.value)
+    mgr = CheckpointManager(tmp_path / "run" / "checkpoints")
+    assert mgr.resolve("auto") == tmp_path / "run" / "checkpoints" / "step_000001"
+    free, total = _wait_all_cpus_free()
+    assert free == total, f"{total - free} CPUs still held after the run stopped"
+    write_record(
+        "engine_past_restart_budget",
+        {
+            "faults_injected": 1,
+            "run_stopped_with_error": True,
+            "resumable_checkpoint": "step_000001",
+            "cpus_leaked": total - free,
+        },
+    )
+
+
+def test_learner_rank_killed_then_resume(local_ray: None, tiny_assets: dict[str, str], tmp_path: Path) -> None:
+    from grpo_dist.controller import Trainer, TrainingAborted
+    from grpo_dist.metrics import read_metrics
+
+    trigger = tmp_path / "run.trigger"
+    cfg = _cfg(tiny_assets, tmp_path / "run", trigger, "trainer.total_steps=3", "trainer.save_every=1")
+    trainer = Trainer(cfg)
+    try:
+        trainer.start()
+        trigger.write_text(str(_pid(trainer.learners.actors[1])))
+        with pytest.raises(TrainingAborted, match=r"step 2: learner rank 1 died; ZeRO state cannot be rebuilt") as info:
+            trainer.run()
+    finally:
+        trainer.shutdown()
+    assert "step_000001: continue with trainer.resume=auto" in str(info.value)
+    free, total = _wait_all_cpus_free()
+    assert free == total
+
+    resumed = Trainer(
+        _cfg(
+            tiny_assets,
+            tmp_path / "run",
+            tmp_path / "unused.trigger",
+            "trainer.total_steps=3",
+            "trainer.save_every=1",
+            "trainer.resume=auto",
+        )
+    )
+    try:
+        resumed.start()
+        assert resumed.start_step == 2
+        resumed.run()
+    finally:
+        resumed.shutdown()
+    steps = [m["step"] for m in read_metrics(tmp_path / "run") if "reward/mean" in m]
+    assert steps == [1, 2, 3]
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    write_record(
+        "learner_rank_killed",
+        {
+            "faults_injected": 1,
+            "run_stopped_cleanly": True,
+            "resumed_from": "step_000001",
+            "steps_completed": 3,
+            "steps_logged_twice": 0,
+        },
+    )
