@@ -174,6 +174,11 @@ class RewardConfig(_Section):
     """A function that raises, times out or returns a non-finite value: ``fail`` stops the run;
     ``mask_sample`` excludes that completion from the loss; ``mask_group`` excludes its prompt's group.
     Every masked sample is counted in metrics; a failure never becomes a silent 0."""
+    max_worker_restarts: int = Field(3, ge=0)
+    """Reward workers that die or hang are replaced and their groups reassigned, this many times per run."""
+    worker_timeout_s: float = Field(600.0, gt=0.0)
+    """A reward worker call unanswered this long counts as hung: the worker is killed and replaced. Must
+    exceed a batch's worst case (samples x the functions' ``timeout_s``)."""
     collect_timeout_s: float = Field(600.0, gt=0.0)
     """Deadline for the reward workers to finish a step's scoring after the last rollout arrived."""
 

@@ -157,6 +157,8 @@ class Trainer:
             max_response_length=cfg.data.max_response_length,
             num_cpus_per_worker=cfg.cluster.num_cpus_per_reward_worker,
             extra_sys_path=[os.getcwd(), *sys.path],
+            max_worker_restarts=cfg.reward.max_worker_restarts,
+            worker_timeout_s=cfg.reward.worker_timeout_s,
         )
         if training:
             # the learner starts from the original model (also the KL reference) and then loads its state
@@ -299,6 +301,8 @@ class Trainer:
             metrics.WEIGHTS_VERSION: float(step),
             "rollout/sampling_rounds": float(rounds),
             "data/epoch": float(self.cursor.epoch),
+            **{f"faults/{k}": float(v) for k, v in self.engines.fault_stats.items()},
+            **{f"faults/reward_{k}": float(v) for k, v in self.rewards.fault_stats().items()},
         }
         if cfg.logging.log_rollouts:
             from grpo_dist.rollout_log import rollout_rows, write_rollouts

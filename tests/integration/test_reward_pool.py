@@ -114,6 +114,7 @@ def test_pool_scores_like_the_functions_by_hand_and_spreads_the_work() -> None:
         # each actor kept its one child throughout (an exception does not cost a restart)
         assert [st["child_pid"] for st in stats] == children_before
         assert pool.collect(timeout_s=1.0) == []
+        assert set(pool.fault_stats().values()) == {0}  # a reward function's exception is no worker fault
     finally:
         pool.shutdown()
 
@@ -125,6 +126,7 @@ def test_collect_deadline_errors_and_shutdown_of_a_busy_worker() -> None:
     )
     pool = RewardPool(config, max_response_length=MAX_LEN, extra_sys_path=[UNIT_DIR])
     try:
+        pids = list(pool.worker_pids)
         # collect's deadline names the busy worker; the submission stays pending for a later collect
         pool.submit([make_group(1, ["1.5"])])
         start = time.monotonic()
@@ -139,6 +141,9 @@ def test_collect_deadline_errors_and_shutdown_of_a_busy_worker() -> None:
         with pytest.raises(RewardFunctionError, match=r"'sleepy' failed on prompt_id=2, sample 1") as info:
             pool.collect(timeout_s=30.0)
         assert info.value.failure.kind == "exception"
+        # neither the late answer nor the RewardFunctionError is a worker fault: same actor, no restart
+        assert pool.worker_pids == pids
+        assert set(pool.fault_stats().values()) == {0}
 
         # the worker goes on after the error (its interrupted child is replaced on the next call)
         pool.submit([make_group(3, ["0"])])
