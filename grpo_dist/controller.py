@@ -229,7 +229,8 @@ class Trainer:
                 self.save_checkpoint(self._trained_step)
         except (ActorDiedError, TimeoutError, OSError, RuntimeError, ValueError) as save_exc:  # never mask the first
             logger.error("step %d: could not write a checkpoint after the fault: %s", step, save_exc)
-        return TrainingAborted(f"step {step}: {exc}. {self._resume_hint()}")
+        what = str(exc) if str(exc).startswith(f"step {step}") else f"step {step}: {exc}"
+        return TrainingAborted(f"{what}. {self._resume_hint()}")
 
     def _resume_hint(self) -> str:
         name = self.checkpoints.latest_name()

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 
+from grpo_dist.reward.sandbox import code_exec
+
 __all__ = [
     "BUILTINS",
     "CONTEXT_PARAMETERS",
@@ -285,6 +287,7 @@ def overlong(
 
 
 BUILTINS: dict[str, Callable[..., float]] = {
+    "code_exec": code_exec,
     "exact_match": exact_match,
     "format": format_reward,
     "overlong": overlong,
@@ -341,7 +344,19 @@ def _check_overlong(kwargs: Mapping[str, Any], where: str, max_response_length: 
     _check_number(kwargs, "penalty", where)
 
 
+def _check_code_exec(kwargs: Mapping[str, Any], where: str, max_response_length: int | None) -> None:
+    timeout_s = kwargs.get("timeout_s", 1.0)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+        raise ValueError(f"{where}.kwargs.timeout_s = {timeout_s!r}: expected a positive, finite number of seconds")
+    memory_mb = kwargs.get("memory_mb", 16)
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 16:
+        raise ValueError(f"{where}.kwargs.memory_mb = {memory_mb!r}: expected an integer >= 16 (MiB)")
+    if kwargs.get("language", "python") != "python":
+        raise ValueError(f"{where}.kwargs.language = {kwargs['language']!r}: only 'python' is supported")
+
+
 _KWARG_CHECKS: dict[Callable[..., float], Callable[[Mapping[str, Any], str, int | None], None]] = {
+    code_exec: _check_code_exec,
     exact_match: _check_exact_match,
     format_reward: _check_format,
     overlong: _check_overlong,

@@ -18,7 +18,13 @@ BATCH, G = 4, 4
 SAMPLES_PER_STEP = BATCH * G
 
 
-def _cfg(tiny_assets: dict[str, str], run_dir: Path, trigger: Path, *extra: str) -> Any:
+# run() evaluates before step 1: 4 held-out prompts x (2 samples + 1 greedy) reward calls
+EVAL_CALLS = 4 * (2 + 1)
+
+
+def _cfg(
+    tiny_assets: dict[str, str], run_dir: Path, trigger: Path, *extra: str, after_calls: int = SAMPLES_PER_STEP
+) -> Any:
     from grpo_dist.config import load_config
 
     return load_config(
@@ -36,9 +42,10 @@ def _cfg(tiny_assets: dict[str, str], run_dir: Path, trigger: Path, *extra: str)
             "learner.lr=1e-3",
             "eval.max_prompts=4",
             "logging.progress=off",
-            "reward.functions=[{name: exact_match}, {name: digits, path: 'tests.integration.reward_fns:digit_fraction'},"
+            "reward.functions=[{name: exact_match},"
+            " {name: digits, path: 'tests.integration.reward_fns:digit_fraction'},"
             f" {{name: fault, path: 'tests.integration.fault_fns:kill_after', weight: 0.0,"
-            f" kwargs: {{trigger_file: '{trigger}', after_calls: {SAMPLES_PER_STEP}}}}}]",
+            f" kwargs: {{trigger_file: '{trigger}', after_calls: {after_calls}}}}}]",
             *extra,
         ],
     )
@@ -58,7 +65,7 @@ def _pid(actor: Any) -> int:
 
 
 def _stable(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if not k.startswith(("timing/", "throughput/", "sync/gb_per_s"))}
+    return {k: v for k, v in record.items() if not k.startswith(("timing/", "throughput/", "sync/gb_per_s", "faults/"))}
 
 
 def test_engine_killed_mid_step_is_replaced(local_ray: None, tiny_assets: dict[str, str], tmp_path: Path) -> None:
@@ -115,14 +122,21 @@ def test_engine_past_its_restart_budget_stops_the_run(
 
     trigger = tmp_path / "run.trigger"
     trainer = Trainer(
-        _cfg(tiny_assets, tmp_path / "run", trigger, "trainer.total_steps=3", "rollout.max_engine_restarts=0")
+        _cfg(
+            tiny_assets,
+            tmp_path / "run",
+            trigger,
+            "trainer.total_steps=3",
+            "rollout.max_engine_restarts=0",
+            after_calls=EVAL_CALLS + SAMPLES_PER_STEP,
+        )
     )
     try:
         trainer.start()
         trigger.write_text(str(_pid(trainer.engines.actors[1])))
         with pytest.raises(
             TrainingAborted,
-            match=r"step 2: step 2: engine 1 died during the rollout and has used its"
+            match=r"step 2: engine 1 died during the rollout and has used its"
             r" restart budget",
         ) as info:
             trainer.run()
@@ -149,7 +163,14 @@ def test_learner_rank_killed_then_resume(local_ray: None, tiny_assets: dict[str,
     from grpo_dist.metrics import read_metrics
 
     trigger = tmp_path / "run.trigger"
-    cfg = _cfg(tiny_assets, tmp_path / "run", trigger, "trainer.total_steps=3", "trainer.save_every=1")
+    cfg = _cfg(
+        tiny_assets,
+        tmp_path / "run",
+        trigger,
+        "trainer.total_steps=3",
+        "trainer.save_every=1",
+        after_calls=EVAL_CALLS + SAMPLES_PER_STEP,
+    )
     trainer = Trainer(cfg)
     try:
         trainer.start()

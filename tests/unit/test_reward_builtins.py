@@ -205,7 +205,7 @@ def fc(name: str, path: str | None = None, **kwargs: Any) -> RewardFunctionConfi
 
 
 def test_resolve_builtins_by_name_and_by_path() -> None:
-    assert set(BUILTINS) == {"exact_match", "format", "overlong"}
+    assert set(BUILTINS) == {"code_exec", "exact_match", "format", "overlong"}
     assert resolve(fc("exact_match")) is exact_match
     assert resolve(fc("fmt", "grpo_dist.reward.builtins:format_reward", pattern="x")) is format_reward
 
@@ -233,7 +233,8 @@ def test_resolve_user_function() -> None:
         (fc("x", "reward_fixtures:not_callable"), r"reward\.functions\[3\]\.path .* 'not_callable' is a int, not a"),
         (
             fc("nope"),
-            r"reward\.functions\[3\]\.name = 'nope' is not a built-in .*\['exact_match', 'format', 'overlong'\]",
+            r"reward\.functions\[3\]\.name = 'nope' is not a built-in "
+            r".*\['code_exec', 'exact_match', 'format', 'overlong'\]",
         ),
         (fc("exact_match", extrct="boxed"), r"reward\.functions\[3\]: cannot call .*extrct"),
         (fc("exact_match", extract="first"), r"reward\.functions\[3\]\.kwargs\.extract = 'first'"),
