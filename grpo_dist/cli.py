@@ -49,9 +49,20 @@ def _setup_logging() -> None:
 
 
 def _load_or_exit(path: str, overrides: list[str]):  # -> Config | None
-    from grpo_dist.config import ConfigError, load_config
+    """Load a config file; ``env:NAME`` reads the YAML from an environment variable (how a submitted job
+    receives its resolved config)."""
+    from grpo_dist.config import ConfigError, load_config, parse_config, read_yaml
 
     try:
+        if path.startswith("env:"):
+            import os
+
+            from grpo_dist.config import apply_overrides
+
+            name = path.removeprefix("env:")
+            if name not in os.environ:
+                raise ConfigError([f"environment variable {name} is not set"], path)
+            return parse_config(apply_overrides(read_yaml(os.environ[name]) or {}, overrides), path)
         return load_config(path, overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -140,6 +151,63 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a training job to a running Ray cluster through its Jobs API."""
+    cfg = _load_or_exit(args.config, args.overrides)
+    if cfg is None:
+        return 2
+    from grpo_dist import submit
+
+    try:
+        job_id = submit.submit(
+            cfg,
+            address=args.address,
+            allow_insecure_token=args.allow_insecure_token,
+            submission_id=args.job_id,
+            check_cluster=not args.no_check,
+        )
+    except submit.SubmitError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"submitted job {job_id} to {args.address}")
+    if not args.wait:
+        return 0
+    status = submit.wait(args.address, job_id, timeout_s=args.timeout)
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+
+    from grpo_dist import submit
+
+    try:
+        result = submit.job_command(
+            args.action, args.address, args.job_id, allow_insecure_token=args.allow_insecure_token
+        )
+    except submit.SubmitError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    return 0
+
+
+def _add_address_args(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+        help="the cluster's dashboard address (default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)",
+    )
+    p.add_argument(
+        "--allow-insecure-token",
+        action="store_true",
+        help="send the Ray auth token over plain http to a non-loopback address (trusted networks only)",
+    )
+
+
 def _cmd_init_model(args: argparse.Namespace) -> int:
     _setup_logging()
     from grpo_dist.models.assets import ensure_embedded_model
@@ -190,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write PNG plots and a markdown summary of a run")
     p.add_argument("run_dir", help="run directory")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("submit", help="submit a training job to a Ray cluster (Jobs API)")
+    _add_config_args(p)
+    _add_address_args(p)
+    p.add_argument("--wait", action="store_true", help="stream the logs; exit 0 only if the job SUCCEEDED")
+    p.add_argument("--timeout", type=float, default=24 * 3600.0, help="give up waiting after this many seconds")
+    p.add_argument("--job-id", default=None, help="submission id (default: generated)")
+    p.add_argument("--no-check", action="store_true", help="skip the check of what the cluster can hold")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("jobs", help="follow submitted jobs: status, logs, stop")
+    p.add_argument("action", choices=["status", "logs", "stop"])
+    p.add_argument("job_id")
+    _add_address_args(p)
+    p.set_defaults(func=_cmd_jobs)
 
     p = sub.add_parser("init-model", help="build the embedded default model and tokenizer into the cache")
     p.add_argument("--force", action="store_true", help="rebuild even if it is cached")

@@ -8,42 +8,17 @@ and what is available, never as a hang.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpo_dist.config import Config
 
+if TYPE_CHECKING:
+    from grpo_dist.placement import RoleSpec
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ResourcePlan:
-    """What each role asks for."""
-
-    num_engines: int
-    cpus_per_engine: float
-    gpus_per_engine: int
-    num_ranks: int
-    cpus_per_rank: float
-    gpus_per_rank: int
-    num_reward_workers: int
-    cpus_per_reward_worker: float
-
-    @property
-    def total_cpus(self) -> float:
-        return (
-            self.num_engines * self.cpus_per_engine
-            + self.num_ranks * self.cpus_per_rank
-            + self.num_reward_workers * self.cpus_per_reward_worker
-        )
-
-    @property
-    def total_gpus(self) -> int:
-        if self.gpus_per_engine == 0:
-            return 0
-        return self.num_engines * self.gpus_per_engine + self.num_ranks * self.gpus_per_rank
 
 
 def resolve_device(cfg: Config) -> str:
@@ -54,22 +29,7 @@ def resolve_device(cfg: Config) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resource_plan(cfg: Config, device: str, *, with_learner: bool = True) -> ResourcePlan:
-    gpu = device == "cuda"
-    c = cfg.cluster
-    return ResourcePlan(
-        num_engines=cfg.rollout.num_engines,
-        cpus_per_engine=c.num_cpus_per_engine,
-        gpus_per_engine=cfg.rollout.tensor_parallel_size if gpu else 0,
-        num_ranks=cfg.learner.num_ranks if with_learner else 0,
-        cpus_per_rank=c.num_cpus_per_rank,
-        gpus_per_rank=1 if gpu and not c.colocate else 0,
-        num_reward_workers=cfg.reward.num_workers,
-        cpus_per_reward_worker=c.num_cpus_per_reward_worker,
-    )
-
-
-def init_ray(cfg: Config, plan: ResourcePlan) -> bool:
+def init_ray(cfg: Config, total_cpus: float) -> bool:
     """Start a private local Ray (``cluster.address: local``) or join an existing cluster; returns whether
     this call started it (and so should shut it down)."""
     import ray
@@ -80,7 +40,7 @@ def init_ray(cfg: Config, plan: ResourcePlan) -> bool:
     if cfg.cluster.address == "local":
         # Actors of different phases take turns on the cores, so a local Ray offers at least as many
         # logical CPUs as the roles ask for, whatever the machine has.
-        num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(plan.total_cpus + 0.999))
+        num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(total_cpus))
         ray.init(
             address="local",
             dashboard_host="127.0.0.1",  # never exposed beyond this machine by default
@@ -91,28 +51,17 @@ def init_ray(cfg: Config, plan: ResourcePlan) -> bool:
             logging_level=logging.WARNING,
         )
     else:
-        ray.init(address=cfg.cluster.address, runtime_env=env, logging_level=logging.WARNING)
+        # Joining a cluster: the job's own runtime environment (a submitted job's working_dir) stays as it is;
+        # replacing it would let Ray garbage-collect the driver's working directory.
+        ray.init(address=cfg.cluster.address, logging_level=logging.WARNING)
     return True
 
 
-def check_resources(plan: ResourcePlan) -> None:
+def check_resources(specs: dict[str, RoleSpec], extra_cpus: float) -> None:
     """Refuse a request the cluster can never hold, before creating any placement group."""
-    import ray
+    from grpo_dist.placement import fit_problems, live_nodes
 
-    available = ray.cluster_resources()
-    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
-    problems = []
-    if plan.total_cpus > cpus:
-        problems.append(
-            f"CPUs: asked {plan.total_cpus:g} ({plan.num_engines} engines x {plan.cpus_per_engine:g} + "
-            f"{plan.num_ranks} learner ranks x {plan.cpus_per_rank:g} + {plan.num_reward_workers} reward "
-            f"workers x {plan.cpus_per_reward_worker:g}), the cluster has {cpus:g}"
-        )
-    if plan.total_gpus > gpus:
-        problems.append(
-            f"GPUs: asked {plan.total_gpus} ({plan.num_engines} engines x {plan.gpus_per_engine} + "
-            f"{plan.num_ranks} learner ranks x {plan.gpus_per_rank}), the cluster has {gpus:g}"
-        )
+    problems = fit_problems(specs, live_nodes(), extra_cpus=extra_cpus)
     if problems:
         raise ValueError("the cluster cannot hold this run:\n  " + "\n  ".join(problems))
 
@@ -135,12 +84,6 @@ def placement_group(bundles: list[dict[str, float]], strategy: str, *, name: str
             f"{timeout_s:g} s; cluster resources: {ray.available_resources()}"
         ) from None
     return pg
-
-
-def bundle_strategy(pg: Any, index: int) -> Any:
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
 
 
 def cpu_ids_for(index: int, count: float) -> list[int]:

@@ -497,6 +497,12 @@ def cross_field_errors(cfg: Config) -> list[str]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         errors.append(f"reward.functions: duplicate names {dupes} (names key the per-component metrics)")
+    if cfg.cluster.colocate and (r.tensor_parallel_size != 1 or r.num_engines != lrn.num_ranks):
+        errors.append(
+            f"cluster.colocate = true pairs engine i with learner rank i on one GPU: needs "
+            f"rollout.tensor_parallel_size = 1 (got {r.tensor_parallel_size}) and rollout.num_engines = "
+            f"learner.num_ranks (got {r.num_engines} and {lrn.num_ranks})"
+        )
     if a.clip_ratio_c is not None and a.ratio_level == "sequence":
         errors.append("algo.clip_ratio_c (dual clip) is defined for token-level ratios; unset it for GSPO")
     if cfg.trainer.resume not in ("never", "auto") and not cfg.trainer.resume:

@@ -41,6 +41,7 @@ from grpo_dist import algo, cluster, metrics
 from grpo_dist.checkpoint import CheckpointManager, checkpoint_name, write_json_durably
 from grpo_dist.cluster import ActorDiedError
 from grpo_dist.config import Config, model_context_length
+from grpo_dist.placement import place_roles, reward_cpus, role_specs, total_cpus
 from grpo_dist.rollout.pool import EngineError
 from grpo_dist.sync.manager import WeightSyncError
 from grpo_dist.types import Prompt, ScoredGroup
@@ -128,9 +129,9 @@ class Trainer:
             seed=cfg.trainer.seed,
             shuffle=cfg.data.shuffle,
         )
-        plan = cluster.resource_plan(cfg, self.device, with_learner=training)
-        self._owns_ray = cluster.init_ray(cfg, plan)
-        cluster.check_resources(plan)
+        specs = role_specs(cfg, self.device, with_learner=training)
+        self._owns_ray = cluster.init_ray(cfg, total_cpus(specs, reward_cpus(cfg)))
+        cluster.check_resources(specs, reward_cpus(cfg))
         max_model_len = cfg.data.max_prompt_length + cfg.data.max_response_length
         context = model_context_length(cfg.model.model_copy(update={"path": self.model_path}))
         if context is not None and max_model_len > context:
@@ -149,8 +150,14 @@ class Trainer:
             engine_model, version = str(self.resume_from / "hf"), state["weights_version"]
             logger.info("resuming from %s (step %d)", self.resume_from, state["step"])
         # engines start in their own processes while the learner ranks rendezvous
+        placements = place_roles(specs, timeout_s=cfg.cluster.placement_timeout_s)
         self.engines = EnginePool(
-            cfg, model_path=engine_model, device=self.device, max_model_len=max_model_len, initial_version=version
+            cfg,
+            placement=placements["rollout"],
+            model_path=engine_model,
+            device=self.device,
+            max_model_len=max_model_len,
+            initial_version=version,
         )
         self.rewards = RewardPool(
             cfg.reward,
@@ -162,7 +169,9 @@ class Trainer:
         )
         if training:
             # the learner starts from the original model (also the KL reference) and then loads its state
-            self.learners = LearnerGroup(cfg, model_path=self.model_path, device=self.device)
+            self.learners = LearnerGroup(
+                cfg, placement=placements["learner"], model_path=self.model_path, device=self.device
+            )
             if self.resume_from is not None:
                 self.learners.load_checkpoint(
                     str(self.resume_from / "learner"),

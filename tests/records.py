@@ -25,7 +25,7 @@ def table(records_dir: Path = RECORDS) -> str:
     for path in sorted(records_dir.glob("*.json")):
         record = json.loads(path.read_text())
         name = record.pop("test", path.stem)
-        figures = ", ".join(f"{k}: {v}" for k, v in sorted(record.items()))
+        figures = ", ".join(f"{k}: {len(v) if isinstance(v, list) else v}" for k, v in sorted(record.items()))
         rows.append(f"| {name} | {figures} |")
     return "\n".join(rows)
 

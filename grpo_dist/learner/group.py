@@ -10,36 +10,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from grpo_dist import cluster
 from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.worker import LearnerWorker, learner_env
+from grpo_dist.placement import RolePlacement
 from grpo_dist.sync.plan import Bucket
 
 logger = logging.getLogger(__name__)
 
 
 class LearnerGroup:
-    def __init__(self, cfg: Config, *, model_path: str, device: str) -> None:
+    def __init__(self, cfg: Config, *, placement: RolePlacement, model_path: str, device: str) -> None:
         import ray
 
         self.cfg = cfg
         self.world_size = cfg.learner.num_ranks
         self.names = [f"learner rank {r}" for r in range(self.world_size)]
-        plan = cluster.resource_plan(cfg, device)
-        bundle = {"CPU": plan.cpus_per_rank} | ({"GPU": float(plan.gpus_per_rank)} if plan.gpus_per_rank else {})
-        self.pg = cluster.placement_group(
-            [bundle] * self.world_size, "PACK", name="grpo-dist-learner", timeout_s=cfg.cluster.placement_timeout_s
-        )
+        self.placement = placement
         actor_cls = ray.remote(LearnerWorker)
         self.actors = [
             actor_cls.options(
-                num_cpus=plan.cpus_per_rank,
-                num_gpus=plan.gpus_per_rank,
-                scheduling_strategy=cluster.bundle_strategy(self.pg, r),
-                runtime_env={"env_vars": learner_env(device)},
-                max_restarts=0,
+                **placement.options(r), runtime_env={"env_vars": learner_env(device)}, max_restarts=0
             ).remote(cfg=cfg, rank=r, world_size=self.world_size, model_path=model_path, device=device)
             for r in range(self.world_size)
         ]
@@ -116,8 +108,7 @@ class LearnerGroup:
 
     def shutdown(self) -> None:
         import ray
-        from ray.util.placement_group import remove_placement_group
 
         for a in self.actors:
             ray.kill(a, no_restart=True)
-        remove_placement_group(self.pg)
+        self.placement.remove()

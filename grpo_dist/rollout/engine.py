@@ -250,28 +250,11 @@ def _completion(out: Any) -> Completion:
     return Completion(token_ids=token_ids, logprobs=logprobs, finish_reason=reason, text=out.text)
 
 
-def create_engine_actor(
-    *,
-    num_cpus: float,
-    num_gpus: float,
-    env: dict[str, str],
-    scheduling: Any = None,
-    name: str | None = None,
-    **kwargs: Any,
-) -> Any:
-    """Start a ``RolloutEngine`` actor (a remote ``VllmEngine``)."""
+def create_engine_actor(*, options: dict[str, Any], env: dict[str, str], **kwargs: Any) -> Any:
+    """Start a ``RolloutEngine`` actor (a remote ``VllmEngine``) with the placement ``options`` of its slot."""
     import ray
 
     actor_cls = ray.remote(VllmEngine)
-    options: dict[str, Any] = {
-        "num_cpus": num_cpus,
-        "num_gpus": num_gpus,
-        "runtime_env": {"env_vars": env},
-        "max_restarts": 0,
-        "max_concurrency": 1,
-    }
-    if scheduling is not None:
-        options["scheduling_strategy"] = scheduling
-    if name:
-        options["name"] = name
-    return actor_cls.options(**options).remote(**kwargs)
+    return actor_cls.options(**options, runtime_env={"env_vars": env}, max_restarts=0, max_concurrency=1).remote(
+        **kwargs
+    )

@@ -17,6 +17,7 @@ from typing import Any
 from grpo_dist import cluster
 from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
+from grpo_dist.placement import RolePlacement
 from grpo_dist.rollout.engine import SamplingSpec, create_engine_actor, engine_env
 from grpo_dist.types import Prompt, RolloutGroup
 
@@ -46,18 +47,19 @@ def chunk(items: list[Any], num_chunks: int) -> list[list[Any]]:
 
 class EnginePool:
     def __init__(
-        self, cfg: Config, *, model_path: str, device: str, max_model_len: int, initial_version: int = 0
+        self,
+        cfg: Config,
+        *,
+        placement: RolePlacement,
+        model_path: str,
+        device: str,
+        max_model_len: int,
+        initial_version: int = 0,
     ) -> None:
-        """Start the engine actors (without waiting for them: see ``wait_ready``)."""
+        """Start the engine actors in their placement group (without waiting: see ``wait_ready``)."""
         self.cfg = cfg
         r = cfg.rollout
-        plan = cluster.resource_plan(cfg, device)
-        bundle = {"CPU": plan.cpus_per_engine} | ({"GPU": float(plan.gpus_per_engine)} if plan.gpus_per_engine else {})
-        strategy = "SPREAD" if device == "cuda" else "PACK"
-        self.pg = cluster.placement_group(
-            [bundle] * r.num_engines, strategy, name="grpo-dist-rollout", timeout_s=cfg.cluster.placement_timeout_s
-        )
-        self._plan = plan
+        self.placement = placement
         self._device = device
         self._engine_kwargs: dict[str, Any] = {
             "model_path": model_path,
@@ -78,15 +80,11 @@ class EnginePool:
         self.fault_stats = {"engines_restarted": 0, "engines_removed": 0, "chunks_resubmitted": 0}
 
     def _start(self, slot: int) -> Any:
-        p = self._plan
+        cpus = self.placement.spec.actor_cpus
+        cpu_ids = cluster.cpu_ids_for(slot, cpus) if self._device == "cpu" else None
         return create_engine_actor(
-            num_cpus=p.cpus_per_engine,
-            num_gpus=p.gpus_per_engine if self.cfg.rollout.tensor_parallel_size == 1 else 0,
-            env=engine_env(
-                device=self._device,
-                cpu_ids=cluster.cpu_ids_for(slot, p.cpus_per_engine) if self._device == "cpu" else None,
-            ),
-            scheduling=cluster.bundle_strategy(self.pg, slot),
+            options=self.placement.options(slot),
+            env=engine_env(device=self._device, cpu_ids=cpu_ids),
             engine_index=slot,
             **self._engine_kwargs,
         )
@@ -218,11 +216,10 @@ class EnginePool:
 
     def shutdown(self) -> None:
         import ray
-        from ray.util.placement_group import remove_placement_group
 
         for a in self.actors:
             ray.kill(a, no_restart=True)
-        remove_placement_group(self.pg)
+        self.placement.remove()
 
 
 def _engine_dtype(name: str, device: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,33 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     model = build_model(root / "model", EMBEDDED_MODEL)
     train, evals = write_splits(root / "data", num_train=64, num_eval=16, seed=0)
     return {"model": str(model), "train": str(train), "eval": str(evals)}
+
+
+MARKER_VAR = "GRPO_DIST_TEST_PROCESS_GROUP"
+
+
+def kill_marked_processes(marker: str) -> int:
+    """SIGKILL every process whose environment carries ``GRPO_DIST_TEST_PROCESS_GROUP=<marker>``.
+
+    Ray renames its processes (``ray::DashboardAgent``), so command lines do not identify them; the
+    environment they inherited from the test does. Only processes this test started carry its marker.
+    """
+    needle = f"{MARKER_VAR}={marker}".encode()
+    killed = 0
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+            continue
+        try:
+            environ = (pid_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 @pytest.fixture(scope="module")

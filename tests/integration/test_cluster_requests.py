@@ -38,8 +38,8 @@ def test_too_many_cpus_and_gpus_refused_before_any_placement_group(
 
     before = len(placement_group_table())
     cases = {
-        "cpus": (["rollout.num_engines=12"], r"CPUs: asked 14 \(12 engines x 1 \+ 2 learner ranks x 1"),
-        "gpus": (["cluster.device=cuda"], r"GPUs: asked 4 \(2 engines x 1 \+ 2 learner ranks x 1\), the cluster has 0"),
+        "cpus": (["rollout.num_engines=12"], r"CPUs: asked 14 \(rollout 12 x 1 \+ learner 2 x 1\)"),
+        "gpus": (["cluster.device=cuda"], r"GPUs: asked 4 \(rollout 2 x 1 \+ learner 2 x 1\), the cluster has 0"),
     }
     refused = 0
     for name, (overrides, pattern) in cases.items():

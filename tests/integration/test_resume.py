@@ -11,11 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import MARKER_VAR, kill_marked_processes
 from tests.records import write_record
 
 pytestmark = pytest.mark.slow
@@ -55,29 +57,12 @@ def _train_in_process(config: Path, overrides: list[str]) -> None:
         trainer.shutdown()
 
 
-def _kill_tree(proc: subprocess.Popen[bytes], marker: str) -> int:
-    """SIGKILL the driver's process group, then any process of its private Ray (found by its temp dir)."""
-    killed = 0
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-        killed += 1
-    except ProcessLookupError:
-        pass
+def _kill_run(proc: subprocess.Popen[bytes], marker: str) -> int:
+    """SIGKILL the driver's process group (its private Ray's daemons are in it), then any process still
+    carrying the run's environment marker."""
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            try:
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-    return killed
+    return 1 + kill_marked_processes(marker)
 
 
 def _steps(run_dir: Path) -> dict[int, dict[str, Any]]:
@@ -111,7 +96,8 @@ def test_resume_after_sigkill_is_exact(local_ray: None, tiny_assets: dict[str, s
     # the same run in its own driver process, SIGKILLed once its checkpoint at step K is complete
     killed_run = tmp_path / "killed"
     ray_tmp = tempfile.mkdtemp(prefix="gd-resume-ray-", dir="/tmp")
-    env = os.environ | {"RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(Path.cwd())}
+    marker = uuid.uuid4().hex
+    env = os.environ | {"RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(Path.cwd()), MARKER_VAR: marker}
     proc = subprocess.Popen(
         [sys.executable, "-m", "grpo_dist.cli", "train", str(config), *_overrides(tiny_assets, data, killed_run)],
         env=env,
@@ -125,7 +111,7 @@ def test_resume_after_sigkill_is_exact(local_ray: None, tiny_assets: dict[str, s
         assert proc.poll() is None, "the run ended before its checkpoint at step K"
         assert time.monotonic() < deadline, "no checkpoint at step K within 300 s"
         time.sleep(0.05)
-    num_killed = _kill_tree(proc, ray_tmp)
+    num_killed = _kill_run(proc, marker)
 
     _train_in_process(config, [*_overrides(tiny_assets, data, killed_run), "trainer.resume=auto"])
 
