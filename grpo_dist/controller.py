@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -204,22 +205,26 @@ class Trainer:
         last = cfg.trainer.total_steps
         if self.start_step == 1 and self.eval_prompts:
             self._log_eval(0)
+        checkpoint = None
         for step in range(self.start_step, last + 1):
             try:
                 record = self.train_step(step)
-            except ActorDiedError as exc:
-                raise self._abort(step, exc) from exc
-            except (EngineError, WeightSyncError, TimeoutError) as exc:
+            except (ActorDiedError, EngineError, WeightSyncError, TimeoutError) as exc:
                 raise self._abort(step, exc) from exc
             self.metrics.log(step, record)
             history.append(record)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != last:
                 self._log_eval(step)  # its own line: eval records and training records stay apart
             if step == last or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
-                self.save_checkpoint(step)
+                checkpoint = self.save_checkpoint(step)
         if self.eval_prompts and self.start_step <= last:
             self._log_eval(last)
-        self.learners.save_hf(str(self.run_dir / "final"))
+        final = self.run_dir / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        if checkpoint is not None:  # the last step's checkpoint already holds the HF export
+            shutil.copytree(checkpoint / "hf", final)
+        else:  # resumed at the last step: nothing was trained in this run
+            self.learners.save_hf(str(final))
         return history
 
     def _abort(self, step: int, exc: Exception) -> TrainingAborted:

@@ -25,6 +25,20 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 MARKER_VAR = "GRPO_DIST_TEST_PROCESS_GROUP"
+TINY_CONFIG = Path(__file__).parents[2] / "configs" / "tiny.yaml"
+
+
+def tiny_overrides(assets: dict[str, str], run_dir: Path | str, *, train_file: Path | str | None = None) -> list[str]:
+    """Overrides that point ``configs/tiny.yaml`` at the test assets and keep the run small and quiet."""
+    return [
+        f"model.path={assets['model']}",
+        f"data.train_files=[{train_file or assets['train']}]",
+        f"data.eval_files=[{assets['eval']}]",
+        f"trainer.output_dir={run_dir}",
+        "rollout.kv_cache_gib=0.25",
+        "eval.max_prompts=4",
+        "logging.progress=off",
+    ]
 
 
 def kill_marked_processes(marker: str) -> int:

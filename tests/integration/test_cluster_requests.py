@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import TINY_CONFIG, tiny_overrides
 from tests.records import write_record
 
 pytestmark = pytest.mark.slow
@@ -17,17 +18,7 @@ def _trainer(tiny_assets: dict[str, str], tmp_path: Path, *extra: str):  # -> Tr
     from grpo_dist.config import load_config
     from grpo_dist.controller import Trainer
 
-    cfg = load_config(
-        Path(__file__).parents[2] / "configs" / "tiny.yaml",
-        [
-            f"model.path={tiny_assets['model']}",
-            f"data.train_files=[{tiny_assets['train']}]",
-            f"data.eval_files=[{tiny_assets['eval']}]",
-            f"trainer.output_dir={tmp_path}",
-            *extra,
-        ],
-    )
-    return Trainer(cfg)
+    return Trainer(load_config(TINY_CONFIG, [*tiny_overrides(tiny_assets, tmp_path), *extra]))
 
 
 def test_too_many_cpus_and_gpus_refused_before_any_placement_group(

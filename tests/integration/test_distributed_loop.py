@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import TINY_CONFIG, tiny_overrides
+
 pytestmark = pytest.mark.slow
 
 NUM_STEPS = 2
@@ -42,21 +44,15 @@ def trained(
 
     run_dir = tmp_path_factory.mktemp(f"run-{request.param}")
     cfg = load_config(
-        Path(__file__).parents[2] / "configs" / "tiny.yaml",
+        TINY_CONFIG,
         [
-            f"model.path={tiny_assets['model']}",
-            f"data.train_files=[{tiny_assets['train']}]",
-            f"data.eval_files=[{tiny_assets['eval']}]",
-            f"trainer.output_dir={run_dir}",
+            *tiny_overrides(tiny_assets, run_dir),
             f"trainer.total_steps={NUM_STEPS}",
             *VARIANTS[request.param],
             f"rollout.num_generations={G}",
             f"data.train_batch_size={BATCH}",
             "learner.lr=1e-3",  # large enough that one step visibly moves the weights
-            "rollout.kv_cache_gib=0.25",
-            "eval.max_prompts=4",
             "sync.timeout_s=10",
-            "logging.progress=off",
             "reward.functions=[{name: exact_match}, {name: format, weight: 0.1, kwargs: {pattern: '^\\s*-?\\d+\\s*$'}},"
             " {name: digits, path: 'tests.integration.reward_fns:digit_fraction', weight: 0.5}]",
         ],

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import TINY_CONFIG, tiny_overrides
 from tests.records import write_record
 
 pytestmark = pytest.mark.slow
@@ -28,20 +29,14 @@ def _cfg(
     from grpo_dist.config import load_config
 
     return load_config(
-        Path(__file__).parents[2] / "configs" / "tiny.yaml",
+        TINY_CONFIG,
         [
-            f"model.path={tiny_assets['model']}",
-            f"data.train_files=[{tiny_assets['train']}]",
-            f"data.eval_files=[{tiny_assets['eval']}]",
-            f"trainer.output_dir={run_dir}",
+            *tiny_overrides(tiny_assets, run_dir),
             f"data.train_batch_size={BATCH}",
             f"rollout.num_generations={G}",
             "data.max_response_length=24",
             "rollout.ignore_eos=true",  # long enough generations that the kill lands mid-rollout
-            "rollout.kv_cache_gib=0.25",
             "learner.lr=1e-3",
-            "eval.max_prompts=4",
-            "logging.progress=off",
             "reward.functions=[{name: exact_match},"
             " {name: digits, path: 'tests.integration.reward_fns:digit_fraction'},"
             f" {{name: fault, path: 'tests.integration.fault_fns:kill_after', weight: 0.0,"

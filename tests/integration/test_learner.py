@@ -3,10 +3,10 @@ counted; a finite one moves the weights."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+
+from tests.integration.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,10 @@ def test_nonfinite_loss_skips_the_update(local_ray: None, tiny_assets: dict[str,
 
     from grpo_dist.config import load_config
     from grpo_dist.learner.group import LearnerGroup
+    from grpo_dist.placement import RolePlacement, role_specs
 
     cfg = load_config(
-        Path(__file__).parents[2] / "configs" / "tiny.yaml",
+        TINY_CONFIG,
         [
             f"model.path={tiny_assets['model']}",
             "learner.zero_stage=2",
@@ -43,7 +44,8 @@ def test_nonfinite_loss_skips_the_update(local_ray: None, tiny_assets: dict[str,
         ],
     )
     tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
-    group = LearnerGroup(cfg, model_path=tiny_assets["model"], device="cpu")
+    placement = RolePlacement(role_specs(cfg, "cpu")["learner"], timeout_s=60)
+    group = LearnerGroup(cfg, placement=placement, model_path=tiny_assets["model"], device="cpu")
     try:
         probe = [[tok.bos_token_id, *tok("12+3=15").input_ids]]
         before = group.sequence_logprobs(probe)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import MARKER_VAR, kill_marked_processes
+from tests.integration.conftest import MARKER_VAR, TINY_CONFIG, kill_marked_processes, tiny_overrides
 from tests.records import write_record
 
 pytestmark = pytest.mark.slow
@@ -30,17 +30,11 @@ TIMING = ("timing/", "throughput/", "sync/gb_per_s")
 
 def _overrides(tiny_assets: dict[str, str], data: Path, run_dir: Path) -> list[str]:
     return [
-        f"model.path={tiny_assets['model']}",
-        f"data.train_files=[{data}]",
-        f"data.eval_files=[{tiny_assets['eval']}]",
+        *tiny_overrides(tiny_assets, run_dir, train_file=data),
         f"data.train_batch_size={BATCH}",
-        f"trainer.output_dir={run_dir}",
         f"trainer.total_steps={2 * K}",
         f"trainer.save_every={K}",
         "learner.lr=1e-3",
-        "rollout.kv_cache_gib=0.25",
-        "eval.max_prompts=4",
-        "logging.progress=off",
         "reward.functions=[{name: exact_match}, {name: digits, path: 'tests.integration.reward_fns:digit_fraction'}]",
     ]
 
@@ -86,7 +80,7 @@ def test_resume_after_sigkill_is_exact(local_ray: None, tiny_assets: dict[str, s
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    config = Path(__file__).parents[2] / "configs" / "tiny.yaml"
+    config = TINY_CONFIG
     data = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(pq.read_table(tiny_assets["train"]).to_pylist()[:NUM_PROMPTS]), data)
 

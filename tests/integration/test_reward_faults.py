@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +33,6 @@ MAX_LEN = 16
 FIGURES: Counter[str] = Counter()
 """Totals over the module's tests that passed so far; each passing test rewrites the record with them."""
 RECOVERY_S: list[float] = []
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    # A short temp dir: Ray's unix socket paths must fit in ~107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="gd-rf-", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def make_pool(num_workers: int, **fault_args: Any) -> RewardPool:
@@ -110,7 +95,7 @@ def record(pool: RewardPool, recovery_s: float | None = None) -> None:
     )
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("local_ray")
 def test_sigkilled_worker_is_replaced_and_its_batches_resent() -> None:
     pool = make_pool(2, worker_timeout_s=60.0)
     try:
@@ -153,7 +138,7 @@ def test_sigkilled_worker_is_replaced_and_its_batches_resent() -> None:
         pool.shutdown()
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("local_ray")
 def test_stopped_worker_is_killed_after_worker_timeout_and_its_batches_resent() -> None:
     pool = make_pool(2, worker_timeout_s=3.0)
     stopped = pool.worker_pids[0]
@@ -194,7 +179,7 @@ def test_stopped_worker_is_killed_after_worker_timeout_and_its_batches_resent() 
         pool.shutdown()
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("local_ray")
 def test_fault_past_the_restart_budget_raises_naming_the_slot() -> None:
     pool = make_pool(1, worker_timeout_s=60.0, max_worker_restarts=1)
     try:
@@ -228,7 +213,7 @@ def test_fault_past_the_restart_budget_raises_naming_the_slot() -> None:
         pool.shutdown()
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize(
     ("fault_args", "message"),
     [

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +21,6 @@ ray = pytest.importorskip("ray")
 
 UNIT_DIR = str(Path(__file__).resolve().parent.parent / "unit")  # reward_fixtures.py lives there
 MAX_LEN = 16
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    # A short temp dir: Ray's unix socket paths must fit in ~107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def make_group(prompt_id: int, texts: list[str], ground_truth: str = "4") -> RolloutGroup:
@@ -61,7 +46,7 @@ def process_gone(pid: int, within_s: float) -> bool:
     return False
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("local_ray")
 def test_pool_scores_like_the_functions_by_hand_and_spreads_the_work() -> None:
     config = RewardConfig(
         functions=[
@@ -119,7 +104,7 @@ def test_pool_scores_like_the_functions_by_hand_and_spreads_the_work() -> None:
         pool.shutdown()
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("local_ray")
 def test_collect_deadline_errors_and_shutdown_of_a_busy_worker() -> None:
     config = RewardConfig(
         functions=[fn("sleepy", "reward_fixtures:sleepy", timeout_s=300.0)], num_workers=1, failure_policy="fail"
@@ -162,7 +147,7 @@ def test_collect_deadline_errors_and_shutdown_of_a_busy_worker() -> None:
         pool.shutdown()
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("local_ray")
 def test_bad_function_path_fails_pool_creation_with_the_field_name() -> None:
     config = RewardConfig(functions=[fn("x", "reward_fixtures:no_such_fn")], num_workers=2)
     with pytest.raises(ValueError, match=r"reward\.functions\[0\]\.path = 'reward_fixtures:no_such_fn'"):
