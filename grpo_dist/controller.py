@@ -58,7 +58,7 @@ class TrainingAborted(RuntimeError):  # noqa: N818 - a state, not a programming 
 
 
 @dataclass
-class Step:
+class ScoredBatch:
     """What one step produced, before it is logged."""
 
     groups: list[ScoredGroup]
@@ -373,19 +373,19 @@ class Trainer:
         groups, t_rollout, t_reward = self._generate_and_score(step, prompts, "train")
         rounds = 1
         if a.dynamic_sampling:
-            keep = [g for g in groups if not _zero_std(g)]
-            dropped = [g for g in groups if _zero_std(g)]
+            keep, dropped = _split_by_signal(groups)
             while len(keep) < len(prompts) and rounds < a.max_sampling_rounds:
                 extra = [self.train_prompts[i] for i in self.cursor.take(len(prompts) - len(keep))]
                 more, tr, tw = self._generate_and_score(step, extra, f"train-round{rounds}")
                 t_rollout, t_reward, rounds = t_rollout + tr, t_reward + tw, rounds + 1
-                keep += [g for g in more if not _zero_std(g)]
-                dropped += [g for g in more if _zero_std(g)]
+                more_keep, more_dropped = _split_by_signal(more)
+                keep += more_keep
+                dropped += more_dropped
             # still short after the last round: fill with zero-signal groups (advantage 0, no gradient)
             groups = (keep + dropped)[: len(prompts)]
         return groups, {"timing/rollout_s": t_rollout, "timing/reward_s": t_reward}, rounds
 
-    def _advantages(self, groups: list[ScoredGroup]) -> Step:
+    def _advantages(self, groups: list[ScoredGroup]) -> ScoredBatch:
         a = self.cfg.algo
         rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float64)  # [P, G], NaN where invalid
         valid = torch.tensor([g.valid for g in groups], dtype=torch.bool)  # [P, G]
@@ -396,9 +396,9 @@ class Trainer:
             eps=a.adv_eps,
             baseline=a.baseline,
         )
-        return Step(groups, adv, _rollout_metrics(groups, valid, rewards, self.cfg.data.max_response_length))
+        return ScoredBatch(groups, adv, _rollout_metrics(groups, valid, rewards, self.cfg.data.max_response_length))
 
-    def _train_batch(self, step: Step) -> Any:
+    def _train_batch(self, step: ScoredBatch) -> Any:
         from grpo_dist.learner.batch import collate
 
         cfg = self.cfg
@@ -497,6 +497,15 @@ def check_nonfinite(step: int, train_metrics: dict[str, float], max_steps: int) 
             f"step {step}: the loss or gradient was non-finite in {run} consecutive steps, each update skipped "
             f"(learner.max_nonfinite_steps = {max_steps}); lower learner.lr or check the rewards and data"
         )
+
+
+def _split_by_signal(groups: list[ScoredGroup]) -> tuple[list[ScoredGroup], list[ScoredGroup]]:
+    """Groups whose valid rewards differ (a learning signal), and those whose rewards are all equal."""
+    keep: list[ScoredGroup] = []
+    dropped: list[ScoredGroup] = []
+    for g in groups:
+        (dropped if _zero_std(g) else keep).append(g)
+    return keep, dropped
 
 
 def _zero_std(group: ScoredGroup) -> bool:
