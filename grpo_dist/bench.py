@@ -454,10 +454,8 @@ def model_facts(path: Path) -> dict[str, Any]:
     import struct
 
     cfg = json.loads((path / "config.json").read_text())
-    header_bytes = (path / "model.safetensors").read_bytes()[:8]
-    (n,) = struct.unpack("<Q", header_bytes)
     with open(path / "model.safetensors", "rb") as fh:
-        fh.seek(8)
+        (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
     params = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     return {
@@ -789,12 +787,6 @@ class IdealStep:
 
 
 # ================================================================================================ benchmarks
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def _settle() -> None:

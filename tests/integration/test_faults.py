@@ -64,32 +64,45 @@ def _stable(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_engine_killed_mid_step_is_replaced(local_ray: None, tiny_assets: dict[str, str], tmp_path: Path) -> None:
+    """The engine is restarted in its slot (``restart``) or dropped (``shrink``); either way the step's
+    groups are those of a fault-free run, token for token, because seeds do not depend on the engine."""
     from grpo_dist.controller import Trainer
 
-    records = {}
-    for name in ("reference", "faulty"):
+    policies = {
+        "reference": [],
+        "restart": ["rollout.on_engine_failure=restart"],
+        "shrink": ["rollout.on_engine_failure=shrink"],
+    }
+    records, stats = {}, {}
+    for name, extra in policies.items():
         trigger = tmp_path / f"{name}.trigger"
-        trainer = Trainer(_cfg(tiny_assets, tmp_path / name, trigger, "trainer.total_steps=2"))
+        trainer = Trainer(_cfg(tiny_assets, tmp_path / name, trigger, "trainer.total_steps=2", *extra))
         try:
             trainer.start()
-            if name == "faulty":
+            if name != "reference":
                 trigger.write_text(str(_pid(trainer.engines.actors[1])))
             records[name] = [trainer.train_step(1), trainer.train_step(2)]
-            stats = dict(trainer.engines.fault_stats)
+            stats[name] = dict(trainer.engines.fault_stats, num_engines=trainer.engines.num_engines)
         finally:
             trainer.shutdown()
-    assert (tmp_path / "faulty.fired").exists()  # the kill happened, during step 2's scoring
-    assert stats["engines_restarted"] == 1
-    assert stats["chunks_resubmitted"] >= 1  # it died with work in hand: the kill landed mid-rollout
-    for step in (1, 2):
-        assert _rows(tmp_path / "faulty", step) == _rows(tmp_path / "reference", step)  # every group, same tokens
-        assert _stable(records["faulty"][step - 1]) == _stable(records["reference"][step - 1])
+    assert stats["restart"]["engines_restarted"] == 1
+    assert stats["restart"]["num_engines"] == 2
+    assert stats["shrink"]["engines_removed"] == 1
+    assert stats["shrink"]["num_engines"] == 1
+    for name in ("restart", "shrink"):
+        assert (tmp_path / f"{name}.fired").exists()  # the kill happened, during step 2's scoring
+        assert stats[name]["chunks_resubmitted"] >= 1  # it died with work in hand: the kill landed mid-rollout
+        for step in (1, 2):
+            assert _rows(tmp_path / name, step) == _rows(tmp_path / "reference", step)  # every group, same tokens
+            assert _stable(records[name][step - 1]) == _stable(records["reference"][step - 1])
     write_record(
         "engine_killed_mid_step",
         {
-            "faults_injected": 1,
-            "engines_restarted": stats["engines_restarted"],
-            "chunks_resubmitted": stats["chunks_resubmitted"],
+            "faults_injected": 2,
+            "policies": "restart, shrink",
+            "engines_restarted": stats["restart"]["engines_restarted"],
+            "engines_removed": stats["shrink"]["engines_removed"],
+            "chunks_resubmitted": stats["restart"]["chunks_resubmitted"] + stats["shrink"]["chunks_resubmitted"],
             "steps_completed": 2,
             "samples_lost": 0,
             "samples_duplicated": 0,

