@@ -407,7 +407,7 @@ def settings_for(quick: bool, *, models: Sequence[str] | None = None, reps: int 
     if quick:
         s = Settings(
             quick=True,
-            reps=2,
+            reps=3,
             rollout_models=("small",),
             learner_models=("small",),
             sync_models=("small",),
@@ -605,10 +605,25 @@ class RawVllm:
     """The rollout bound: ``vllm.LLM.generate`` timed inside its own process."""
 
     def __init__(self, **engine: Any) -> None:
+        self.model_path = engine["model_path"]
         self.llm = _llm(**engine)
 
     def ready(self) -> int:
         return os.getpid()
+
+    def reload_seconds(self, reps: int) -> list[float]:
+        """Seconds of vLLM's own in-process weight reload (``reload_weights`` from tensors already in this
+        process, then the prefix-cache reset grpo-dist also does): the engine-side floor of a sync."""
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(self.model_path, "model.safetensors"))
+        times = []
+        for _ in range(reps + 1):  # the first is a warm-up
+            t0 = time.perf_counter()
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
+            self.llm.reset_prefix_cache()
+            times.append(time.perf_counter() - t0)
+        return times[1:]
 
     def generate(
         self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, per_sample: bool, seed: int
@@ -905,7 +920,13 @@ def _rollout_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[s
             raise RuntimeError(f"rollout {name}: {[x['tokens'] for x in results]} tokens, expected {expected_tokens}")
     tps = {k: median([x["tokens"] / x["seconds"] for x in v]) for k, v in samples.items()}
     secs = {k: median([x["seconds"] for x in v]) for k, v in samples.items()}
-    details = {"tokens_per_s": tps, "seconds_per_call": secs, "tokens_per_call": expected_tokens, "reps": s.reps}
+    details = {
+        "tokens_per_s": tps,
+        "seconds_per_call": secs,
+        "seconds_each_rep": {k: [x["seconds"] for x in v] for k, v in samples.items()},
+        "tokens_per_call": expected_tokens,
+        "reps": s.reps,
+    }
     overhead_ms = 1000 * (secs["pool_1"] - secs["raw_same_requests"])
     one_chunk = ratio(tps["pool_1_one_chunk"], tps["raw_same_requests"])
     seeded = ratio(tps["raw_same_requests"], tps["raw_plain"])
@@ -1084,8 +1105,15 @@ def _sync_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str,
         # the bounds: one flat transfer of the same bytes between plain processes
         gloo = {n: _gloo_bound(plan["bytes"], n, s.reps) for n in s.sync_engines}
         objstore = {n: _object_store_bound(plan["bytes"], n, s.reps) for n in s.sync_engines}
+        reload = _reload_bound(path, s.reps)
     nbytes, nbuckets = plan["bytes"], plan["buckets"]
-    model_config = {**facts, "bytes": nbytes, "buckets": nbuckets, "zero_stages": list(s.sync_zero_stages)}
+    model_config = {
+        **facts,
+        "bytes": nbytes,
+        "buckets": nbuckets,
+        "zero_stages": list(s.sync_zero_stages),
+        "bucket_size_mb": _config(path, []).sync.bucket_size_mb,
+    }
     gb = nbytes / 1e9
     figures = []
     for (z, n, transport, verify), times in measured.items():
@@ -1098,6 +1126,7 @@ def _sync_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str,
             "seconds_without_verify": unverified,
             "bound_gloo_seconds": gloo[n],
             "bound_object_store_seconds": objstore[n],
+            "raw_vllm_reload_seconds": reload,
             "bytes": nbytes,
             "buckets": nbuckets,
         }
@@ -1121,7 +1150,34 @@ def _sync_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str,
             figures.append(
                 figure(**base, name=name, bound=gb / median(objstore[n]), bound_name=f"one raw ray.put + {n} x ray.get")
             )
+        transfer = median(gloo[n]) if transport == "broadcast" else median(objstore[n])
+        figures.append(
+            figure(
+                **base,
+                name=name,
+                bound=gb / (transfer + median(reload)),
+                bound_name=f"the raw transfer above + raw vLLM reload_weights ({median(reload) * 1000:.1f} ms)",
+            )
+        )
     return model_config, figures
+
+
+def _reload_bound(path: Path, reps: int) -> list[float]:
+    """Seconds of a raw in-process vLLM weight reload of the model, engine settings as in the pool."""
+    import ray
+
+    from grpo_dist import cluster
+    from grpo_dist.rollout.engine import engine_env
+
+    cfg = _config(path, [])
+    engine = _engine_settings(cfg, path, cfg.data.max_prompt_length + cfg.data.max_response_length)
+    per_engine = int(cfg.cluster.num_cpus_per_engine)
+    env = engine_env(device="cpu", cpu_ids=cluster.cpu_ids_for(0, per_engine))
+    raw = _actor(RawVllm, num_cpus=per_engine, env=env, **engine)
+    try:
+        return ray.get(raw.reload_seconds.remote(reps + 1))
+    finally:
+        ray.kill(raw)
 
 
 def _sync_times(

@@ -208,6 +208,12 @@ def _add_address_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from grpo_dist.bench import main_bench
+
+    return main_bench(args)
+
+
 def _cmd_init_model(args: argparse.Namespace) -> int:
     _setup_logging()
     from grpo_dist.models.assets import ensure_embedded_model
@@ -273,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     _add_address_args(p)
     p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("bench", help="throughput benchmarks with ratios to their bounds (JSON + table)")
+    from grpo_dist.bench import add_bench_args
+
+    add_bench_args(p)
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("init-model", help="build the embedded default model and tokenizer into the cache")
     p.add_argument("--force", action="store_true", help="rebuild even if it is cached")
