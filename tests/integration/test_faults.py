@@ -34,8 +34,8 @@ def _cfg(
             *tiny_overrides(tiny_assets, run_dir),
             f"data.train_batch_size={BATCH}",
             f"rollout.num_generations={G}",
-            "data.max_response_length=24",
-            "rollout.ignore_eos=true",  # long enough generations that the kill lands mid-rollout
+            "data.max_response_length=64",
+            "rollout.ignore_eos=true",  # long generations: the kill lands mid-rollout
             "learner.lr=1e-3",
             "reward.functions=[{name: exact_match},"
             " {name: digits, path: 'tests.integration.reward_fns:digit_fraction'},"
