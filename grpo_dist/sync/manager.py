@@ -54,6 +54,8 @@ class WeightSync:
 
     def sync(self, version: int) -> dict[str, float]:
         """Publish the learner's current weights as ``version``; returns timing metrics."""
+        import ray
+
         verify = self.cfg.sync.verify
         timeout = self.cfg.sync.timeout_s
         start = time.perf_counter()
@@ -79,6 +81,8 @@ class WeightSync:
                 )
         except TimeoutError as exc:
             raise WeightSyncError(f"{exc}{self._unresponsive_note()}") from None
+        except ray.exceptions.RayTaskError as exc:  # e.g. the learner's broadcast lost a peer that died
+            raise WeightSyncError(f"{what}: {exc}{self._unresponsive_note()}") from exc
         if verify:
             for name, sums in zip(self.engines.names, received):
                 if sums != sent:
