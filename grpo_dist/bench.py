@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -504,7 +505,7 @@ def model_facts(path: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def private_ray(*, num_cpus: int = 8, verbose: bool = False) -> Iterator[None]:
+def private_ray(*, num_cpus: int = 16, verbose: bool = False) -> Iterator[None]:
     """A local Ray of our own in a fresh temp dir, shut down (and its dir removed) on exit."""
     import ray
 
@@ -1032,6 +1033,9 @@ def _interleaved(runs: dict[str, Callable[[int], dict[str, float]]], reps: int) 
 def _learner_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import ray
 
+    from grpo_dist.learner.group import LearnerGroup
+    from grpo_dist.placement import RolePlacement, role_specs
+
     n_prompts, g, plen, rlen = s.learner_prompts, s.group_size, s.learner_prompt_len, s.learner_response_len
     path = bench_model(model)
     facts = model_facts(path)
@@ -1066,58 +1070,50 @@ def _learner_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[s
     with private_ray(verbose=s.verbose):
         plain = _actor(PlainTorch, num_cpus=threads, model_path=str(path), lr=lc.lr, threads=threads, seed=0)
         batch_ref = ray.put(batch)
+        # every group stays up (idle while the others run) so that the runs can alternate
+        groups = {}
+        try:
+            for z, cfg in cfgs.items():
+                placement = RolePlacement(role_specs(cfg, "cpu")["learner"], timeout_s=120)
+                groups[z] = LearnerGroup(cfg, placement=placement, model_path=str(path), device="cpu")
 
-        def plain_reps(n: int) -> list[float]:
-            ray.get(plain.train.remote(batch_ref, s.micro_batch_size, lc.max_grad_norm))  # warm-up
-            out = []
-            for _ in range(n):
-                _settle()
-                out.append(ray.get(plain.train.remote(batch_ref, s.micro_batch_size, lc.max_grad_norm)))
-            return out
+            def plain_run(_rep: int) -> dict[str, float]:
+                return {"seconds": ray.get(plain.train.remote(batch_ref, s.micro_batch_size, lc.max_grad_norm))}
 
-        # plain torch before and after the DeepSpeed runs, so that a drift in the machine's load shows
-        plain_s = plain_reps(max(1, s.reps // 2))
-        ds_s = {z: _learner_group_times(cfg, path, batch, s.reps) for z, cfg in cfgs.items()}
-        plain_s += plain_reps(max(1, s.reps - s.reps // 2))
-        ray.kill(plain)
+            def group_run(z: int, rep: int) -> dict[str, float]:
+                t0 = time.perf_counter()
+                groups[z].train(batch, step=rep + 1)
+                return {"seconds": time.perf_counter() - t0}
+
+            runs: dict[str, Callable[[int], dict[str, float]]] = {"plain": plain_run}
+            runs |= {f"zero{z}": functools.partial(group_run, z) for z in cfgs}
+            samples = _interleaved(runs, s.reps)
+        finally:
+            for group in groups.values():
+                group.shutdown()
+            ray.kill(plain)
+    plain_s = [x["seconds"] for x in samples["plain"]]
     plain_tps = tokens / best(plain_s)
-    figures = [
-        figure(
-            benchmark="learner",
-            model=model,
-            name=f"LearnerGroup ZeRO-{z}, {lc.num_ranks} ranks x {int(base.cluster.num_cpus_per_rank)} thread",
-            unit="trained tokens/s",
-            value=tokens / best(times),
-            bound=plain_tps,
-            bound_name=f"plain torch, 1 process x {threads} threads",
-            note=(
-                f"a step takes {best(times):.2f} s vs plain {best(plain_s):.2f} s "
-                f"(plain range {min(plain_s):.2f}-{max(plain_s):.2f} s)"
-            ),
-            details={"seconds": times, "plain_seconds": plain_s, "tokens_per_step": tokens},
+    figures = []
+    for z in cfgs:
+        times = [x["seconds"] for x in samples[f"zero{z}"]]
+        figures.append(
+            figure(
+                benchmark="learner",
+                model=model,
+                name=f"LearnerGroup ZeRO-{z}, {lc.num_ranks} ranks x {int(base.cluster.num_cpus_per_rank)} thread",
+                unit="trained tokens/s",
+                value=tokens / best(times),
+                bound=plain_tps,
+                bound_name=f"plain torch, 1 process x {threads} threads",
+                note=(
+                    f"a step takes {best(times):.2f} s (range {min(times):.2f}-{max(times):.2f}) vs plain "
+                    f"{best(plain_s):.2f} s (range {min(plain_s):.2f}-{max(plain_s):.2f})"
+                ),
+                details={"seconds": times, "plain_seconds": plain_s, "tokens_per_step": tokens},
+            )
         )
-        for z, times in ds_s.items()
-    ]
     return model_config, figures
-
-
-def _learner_group_times(cfg: Any, path: Path, batch: Any, reps: int) -> list[float]:
-    from grpo_dist.learner.group import LearnerGroup
-    from grpo_dist.placement import RolePlacement, role_specs
-
-    placement = RolePlacement(role_specs(cfg, "cpu")["learner"], timeout_s=120)
-    group = LearnerGroup(cfg, placement=placement, model_path=str(path), device="cpu")
-    try:
-        group.train(batch, step=1)  # warm-up
-        times = []
-        for rep in range(reps):
-            _settle()
-            t0 = time.perf_counter()
-            group.train(batch, step=rep + 2)
-            times.append(time.perf_counter() - t0)
-        return times
-    finally:
-        group.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------- sync
