@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpo_dist.bench import latest_per_benchmark, load_records, render_table, update_readme
+from grpo_dist.bench.records import latest_per_benchmark, load_records, render_table, update_readme
 
 HERE = Path(__file__).resolve().parent
 

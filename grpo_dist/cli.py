@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_jobs)
 
     p = sub.add_parser("bench", help="throughput benchmarks with ratios to their bounds (JSON + table)")
-    from grpo_dist.bench import add_bench_args
+    from grpo_dist.bench.cli import add_bench_args
 
     add_bench_args(p)
     p.set_defaults(func=_cmd_bench)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from grpo_dist import bench
+from grpo_dist.bench import cli, common
+from grpo_dist.bench import records as bench
+from grpo_dist.bench.e2e import e2e_phases
 
 
 def _figure(**kw):
@@ -116,7 +118,7 @@ def test_e2e_phases_come_from_the_fastest_step() -> None:
             "timing/step_s": 3.8,
         },
     ]
-    phases = bench.e2e_phases(steps)
+    phases = e2e_phases(steps)
     assert phases["step"] == pytest.approx(3.6)
     assert phases["rollout"] == pytest.approx(1.0)  # the fastest step's own split, not the fastest rollout
     assert phases["train"] == pytest.approx(2.1)
@@ -260,32 +262,32 @@ def test_update_readme_appends_markers_when_missing() -> None:
 
 
 def test_quick_settings_use_only_the_small_model_and_fewer_reps() -> None:
-    quick, full = bench.settings_for(True), bench.settings_for(False)
+    quick, full = common.settings_for(True), common.settings_for(False)
     assert quick.reps < full.reps
     for s in (quick.rollout_models, quick.learner_models, quick.sync_models, quick.e2e_models):
         assert s == ("small",)
     assert "large" in full.e2e_models
     assert quick.zero_stages == (1, 2, 3)
-    assert bench.settings_for(True, models=["large"], reps=5).learner_models == ("large",)
-    assert bench.settings_for(True, reps=0).reps == 1
+    assert common.settings_for(True, models=["large"], reps=5).learner_models == ("large",)
+    assert common.settings_for(True, reps=0).reps == 1
     with pytest.raises(ValueError, match="--models huge"):
-        bench.settings_for(True, models=["huge"])
+        common.settings_for(True, models=["huge"])
 
 
 def test_large_model_is_50_to_100m_parameters() -> None:
-    spec = bench.MODELS["large"]
+    spec = common.MODELS["large"]
     h, i, n = spec.hidden_size, spec.intermediate_size, spec.num_hidden_layers
     kv = h * spec.num_key_value_heads // spec.num_attention_heads
     per_layer = 2 * h * h + 2 * h * kv + 3 * h * i
     approx = n * per_layer + 2 * spec.vocab_size * h
     assert 50e6 <= approx <= 100e6
-    assert bench.MODELS["small"] == bench.EmbeddedModelSpec()
+    assert common.MODELS["small"] == common.EmbeddedModelSpec()
 
 
 def test_parser_and_default_output() -> None:
-    args = bench.build_parser().parse_args(["all", "--quick"])
+    args = cli.build_parser().parse_args(["all", "--quick"])
     assert (args.target, args.quick, args.out) == ("all", True, None)
-    assert bench.default_out("all", True) == Path("benchmarks/results/all-quick.json")
-    assert bench.default_out("sync", False) == Path("benchmarks/results/sync.json")
+    assert cli.default_out("all", True) == Path("benchmarks/results/all-quick.json")
+    assert cli.default_out("sync", False) == Path("benchmarks/results/sync.json")
     with pytest.raises(SystemExit):
-        bench.build_parser().parse_args(["nonsense"])
+        cli.build_parser().parse_args(["nonsense"])

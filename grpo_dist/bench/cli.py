@@ -1,0 +1,131 @@
+"""``grpo-dist bench TARGET``: run benchmarks, write their JSON, print the table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from grpo_dist.bench.common import Settings, settings_for
+from grpo_dist.bench.e2e import bench_e2e
+from grpo_dist.bench.learner import bench_learner
+from grpo_dist.bench.records import (
+    BENCHMARKS,
+    SCHEMA,
+    TARGETS,
+    default_replacements,
+    load_average,
+    make_record,
+    render_table,
+    scrub_paths,
+)
+from grpo_dist.bench.rollout import bench_rollout
+from grpo_dist.bench.sync import bench_sync
+
+logger = logging.getLogger("grpo_dist.bench")
+
+
+RUNNERS: dict[str, Callable[[Settings], tuple[dict[str, Any], list[dict[str, Any]]]]] = {
+    "rollout": bench_rollout,
+    "learner": bench_learner,
+    "sync": bench_sync,
+    "e2e": bench_e2e,
+}
+
+
+# ======================================================================================================== CLI
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", choices=TARGETS, help="which benchmark (all: each in turn)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions, only the small model (under 10 min)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/TARGET[-quick].json)")
+    p.add_argument("--models", default=None, help="comma-separated model sizes to run (small,large)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
+    p.add_argument("--verbose", action="store_true", help="show the actors' logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grpo-dist bench", description=__doc__.split("\n\n")[0])
+    add_bench_args(p)
+    return p
+
+
+def default_out(target: str, quick: bool) -> Path:
+    return Path("benchmarks") / "results" / f"{target}{'-quick' if quick else ''}.json"
+
+
+def run_benchmark(name: str, s: Settings) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    logger.info("bench %s: starting", name)
+    before = load_average()
+    config, figures = RUNNERS[name](s)
+    wall = time.perf_counter() - t0
+    config = {"settings": s.to_dict(), **config}
+    load = {"before": before, "after": load_average()}
+    record = make_record(name, config=config, figures=figures, quick=s.quick, wall_s=wall, load=load)
+    record = scrub_paths(record, default_replacements())
+    logger.info("bench %s: done in %.0f s", name, wall)
+    return record
+
+
+def main_bench(args: argparse.Namespace) -> int:
+    """``grpo-dist bench TARGET``: run, write the JSON, print the table; returns the exit status."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    if not args.verbose:
+        for name in ("ray", "grpo_dist.learner", "grpo_dist.sync", "grpo_dist.rollout", "vllm", "deepspeed"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        s = settings_for(args.quick, models=args.models.split(",") if args.models else None, reps=args.reps)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    s = replace(s, verbose=args.verbose)
+    names = list(BENCHMARKS) if args.target == "all" else [args.target]
+    out = Path(args.out) if args.out else default_out(args.target, s.quick)
+    t0 = time.perf_counter()
+    records = []
+    failed = []
+    for name in names:
+        try:
+            records.append(run_benchmark(name, s))
+        except Exception:
+            if len(names) == 1:
+                raise
+            logger.exception("bench %s failed; going on with the others", name)
+            failed.append(name)
+        if records:  # write what exists after each benchmark: a later failure keeps the earlier figures
+            data: Any = (
+                records[0]
+                if args.target != "all"
+                else {
+                    "schema": SCHEMA,
+                    "target": "all",
+                    "quick": s.quick,
+                    "wall_s": round(time.perf_counter() - t0, 2),
+                    "failed": failed,
+                    "records": records,
+                }
+            )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    wall = time.perf_counter() - t0
+    print(render_table(records), end="")
+    print(f"\nwrote {out} ({wall:.0f} s{'; failed: ' + ', '.join(failed) if failed else ''})")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_bench(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
