@@ -12,11 +12,15 @@ Every figure is a ratio of two measurements taken in the same run on the same ma
   put + get), reported as GB/s.
 - ``e2e``: samples/s of ``Trainer.train_step`` on a demo-like config, with its per-phase split
   (``timing/*``), vs the ideal synchronous step: raw vLLM generate of the same prompts + one in-process
-  weight reload + one plain torch train step on the generated sequences.
+  weight reload + one plain torch train step on the generated sequences; fixed length on each model size,
+  and natural (EOS) on the embedded task.
+- ``trl``: samples/s of the same e2e workload vs TRL's ``GRPOTrainer`` run in a virtual environment of
+  its own, in float32 and bfloat16.
 
-All runs are in synthetic fixed-length mode (``ignore_eos``, fixed ``max_tokens``) so that every side
-does the same work. Each benchmark starts a private local Ray and shuts it down afterwards. A ratio is
-always "grpo-dist's speed / the bound's speed": 1.0 means as fast as the bound, below 1.0 behind it.
+Apart from e2e's natural mode, runs are in synthetic fixed-length mode (``ignore_eos``, fixed
+``max_tokens``) so that every side does the same work. Each benchmark starts a private local Ray and
+shuts it down afterwards. A ratio is always "grpo-dist's speed / the bound's speed": 1.0 means as fast
+as the bound, below 1.0 behind it.
 
 Layout: ``records`` (figures, ratios, JSON records, the table: pure), ``common`` (settings, models, a
 private Ray), ``baselines`` (the bound of each figure, as Ray actors), one module per benchmark, ``cli``.

@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
-
-# ======================================================================================== baseline actors
 
 
 def _llm(*, model_path: str, dtype: str, max_model_len: int, seed: int, kv_cache_gib: float, enforce_eager: bool):
@@ -30,16 +29,31 @@ def _llm(*, model_path: str, dtype: str, max_model_len: int, seed: int, kv_cache
     )
 
 
-def _requests(prompts: list[list[int]], n: int, max_tokens: int, temperature: float, *, per_sample: bool, seed: int):
+def _requests(
+    prompts: list[list[int]],
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    *,
+    per_sample: bool,
+    seed: int,
+    seeds: Sequence[int] | None = None,
+    ignore_eos: bool = True,
+):
     """``(requests, params)`` for ``llm.generate``: one seeded request per completion (``per_sample``, as the
-    grpo-dist engine asks) or one request with ``n`` completions per prompt (the plain vLLM way)."""
+    grpo-dist engine asks; ``seeds`` gives each completion's seed, prompt by prompt, else they derive from
+    ``seed``) or one request with ``n`` completions per prompt (the plain vLLM way)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    common = {"max_tokens": max_tokens, "temperature": temperature, "ignore_eos": True, "logprobs": 0}
-    if per_sample:
+    common = {"max_tokens": max_tokens, "temperature": temperature, "ignore_eos": ignore_eos, "logprobs": 0}
+    if per_sample or seeds is not None:
         reqs = [TokensPrompt(prompt_token_ids=p) for p in prompts for _ in range(n)]
-        return reqs, [SamplingParams(n=1, seed=seed * 1_000_003 + k, **common) for k in range(len(reqs))]
+        if seeds is None:
+            seeds = [seed * 1_000_003 + k for k in range(len(reqs))]
+        if len(seeds) != len(reqs):
+            raise ValueError(f"{len(seeds)} seeds for {len(reqs)} completions")
+        return reqs, [SamplingParams(n=1, seed=int(x), **common) for x in seeds]
     return [TokensPrompt(prompt_token_ids=p) for p in prompts], SamplingParams(n=n, **common)
 
 
@@ -206,12 +220,17 @@ class IdealStep:
         micro: int,
         max_grad_norm: float,
         pad_id: int,
+        seeds: Sequence[int] | None = None,
+        ignore_eos: bool = True,
     ) -> dict[str, float]:
+        """One step; with ``seeds`` (natural mode) the same seeded requests as grpo-dist's engines send."""
         import torch
 
         from grpo_dist.learner.batch import TrainBatch
 
-        reqs, params = _requests(prompts, n, max_tokens, temperature, per_sample=False, seed=0)
+        reqs, params = _requests(
+            prompts, n, max_tokens, temperature, per_sample=False, seed=0, seeds=seeds, ignore_eos=ignore_eos
+        )
         t0 = time.perf_counter()
         outs = self.llm.generate(reqs, params, use_tqdm=False)
         t1 = time.perf_counter()

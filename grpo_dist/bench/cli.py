@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from grpo_dist.bench.common import Settings, settings_for
+from grpo_dist.bench.common import Settings, bench_config, settings_for
 from grpo_dist.bench.e2e import bench_e2e
 from grpo_dist.bench.learner import bench_learner
 from grpo_dist.bench.records import (
@@ -27,6 +27,7 @@ from grpo_dist.bench.records import (
 )
 from grpo_dist.bench.rollout import bench_rollout
 from grpo_dist.bench.sync import bench_sync
+from grpo_dist.bench.vs_trl import bench_trl
 
 logger = logging.getLogger("grpo_dist.bench")
 
@@ -36,6 +37,7 @@ RUNNERS: dict[str, Callable[[Settings], tuple[dict[str, Any], list[dict[str, Any
     "learner": bench_learner,
     "sync": bench_sync,
     "e2e": bench_e2e,
+    "trl": bench_trl,
 }
 
 
@@ -48,6 +50,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/TARGET[-quick].json)")
     p.add_argument("--models", default=None, help="comma-separated model sizes to run (small,large)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for grpo-dist's trainer in e2e and trl (repeatable), e.g. learner.num_ranks=1",
+    )
     p.add_argument("--verbose", action="store_true", help="show the actors' logs")
 
 
@@ -88,7 +98,15 @@ def main_bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    s = replace(s, verbose=args.verbose)
+    s = replace(s, verbose=args.verbose, overrides=tuple(args.overrides))
+    if s.overrides:  # a typo must fail now, not after the benchmarks before e2e have run
+        from grpo_dist.config import ConfigError
+
+        try:
+            bench_config(Path("model"), s.overrides)
+        except ConfigError as exc:
+            print(f"--set: {exc}", file=sys.stderr)
+            return 2
     names = list(BENCHMARKS) if args.target == "all" else [args.target]
     out = Path(args.out) if args.out else default_out(args.target, s.quick)
     t0 = time.perf_counter()

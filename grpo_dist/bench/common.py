@@ -64,6 +64,13 @@ class Settings:
     e2e_response_len: int = 32
     e2e_warmup_steps: int = 1
     e2e_steps: int = 3
+    e2e_natural: bool = True  # also the natural (EOS) mode on the embedded task
+    # against TRL's GRPOTrainer (the e2e workload, in TRL's own venv)
+    trl_models: tuple[str, ...] = ("small",)
+    trl_dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    trl_checkpointing: tuple[bool, ...] = (True, False)  # TRL's default first, then without recomputation
+    # config overrides for grpo-dist's trainer in e2e and trl (e.g. a learner layout to try)
+    overrides: tuple[str, ...] = ()
     verbose: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +98,7 @@ def settings_for(quick: bool, *, models: Sequence[str] | None = None, reps: int 
             learner_models=("small", "large"),
             sync_models=("small", "large"),
             e2e_models=("small", "large"),
+            trl_models=("small", "large"),
             sync_zero_stages=(2, 3),
             e2e_steps=3,
         )
@@ -99,7 +107,7 @@ def settings_for(quick: bool, *, models: Sequence[str] | None = None, reps: int 
         if unknown:
             raise ValueError(f"--models {','.join(unknown)}: expected some of {', '.join(MODELS)}")
         m = tuple(models)
-        s = replace(s, rollout_models=m, learner_models=m, sync_models=m, e2e_models=m)
+        s = replace(s, rollout_models=m, learner_models=m, sync_models=m, e2e_models=m, trl_models=m)
     if reps is not None:
         s = replace(s, reps=max(1, reps))
     return s

@@ -1,10 +1,18 @@
-"""``bench e2e``: samples/s of ``Trainer.train_step`` and its phase split vs the ideal synchronous step."""
+"""``bench e2e``: samples/s of ``Trainer.train_step`` and its phase split vs the ideal synchronous step.
+
+Two modes. Fixed length (every model size): EOS ignored, ``e2e_response_len`` tokens per completion, so
+both sides do exactly the same work. Natural (the embedded task on the warm-started embedded model): EOS
+ends a completion as in a real run, and the ideal step sends the very seeded requests grpo-dist's engines
+send, so the first step samples the same tokens on both sides (later ones drift apart a little, as the
+two sides train on different advantages: the token counts of both are in the record).
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +24,71 @@ from grpo_dist.bench.common import (
     bench_model,
     engine_settings,
     model_facts,
-    per_model,
     private_ray,
     settle,
     start_actor,
 )
 from grpo_dist.bench.records import figure
 
-# ----------------------------------------------------------------------------------------------------- e2e
+
+@dataclass(frozen=True)
+class E2ECase:
+    """One end-to-end measurement: a model and a mode."""
+
+    model: str  # a key of ``MODELS``, or "embedded" (the warm-started default policy)
+    natural: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}, {'natural (EOS)' if self.natural else 'fixed length'}"
 
 
-def _e2e_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def e2e_cases(s: Settings) -> list[E2ECase]:
+    cases = [E2ECase(m, natural=False) for m in s.e2e_models]
+    return cases + ([E2ECase("embedded", natural=True)] if s.e2e_natural else [])
+
+
+def e2e_overrides(s: Settings, case: E2ECase, train_file: Path, eval_file: Path, run_dir: Path) -> list[str]:
+    """The demo config's changes for a benchmark step: the same work as the ideal step (one optimizer step
+    per batch, no reference model), the task data, and in fixed mode a fixed response length."""
+    out = [
+        *s.overrides,
+        f"data.train_files=[{train_file}]",
+        f"data.eval_files=[{eval_file}]",
+        "algo.kl_coef=0.0",
+        "learner.mini_batch_size=16",
+        f"trainer.total_steps={s.e2e_warmup_steps + s.e2e_steps}",
+        f"trainer.output_dir={run_dir}",
+    ]
+    if not case.natural:
+        out += [f"data.max_response_length={s.e2e_response_len}", "rollout.ignore_eos=true"]
+    return out
+
+
+def train_seeds(run_seed: int, step: int, prompts: Sequence[Any], n: int) -> list[int]:
+    """The per-sample seeds grpo-dist's engines use for a training step's prompts (see ``rollout.seeds``),
+    prompt by prompt: a prompt seen again in the same batch samples from its own stream."""
+    from grpo_dist.rollout.seeds import sample_seed
+
+    seen: dict[int, int] = {}
+    seeds = []
+    for p in prompts:
+        k = seen.get(p.prompt_id, 0)
+        seen[p.prompt_id] = k + 1
+        stream = "train" if k == 0 else f"train#{k}"
+        seeds += [sample_seed(run_seed, stream, step, p.prompt_id, i) for i in range(n)]
+    return seeds
+
+
+def _model_path(case: E2ECase) -> Path:
+    if case.model == "embedded":
+        from grpo_dist.models.assets import ensure_embedded_model
+
+        return ensure_embedded_model()
+    return bench_model(case.model)
+
+
+def _e2e_case(s: Settings, case: E2ECase) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import ray
 
     from grpo_dist.controller import Trainer
@@ -34,25 +96,14 @@ def _e2e_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str, 
     from grpo_dist.rollout.engine import engine_env
 
     train_file, eval_file = ensure_task_data()
-    path = bench_model(model)
+    path = _model_path(case)
     facts = model_facts(path)
     run_dir = Path(tempfile.mkdtemp(prefix="gd-bench-run-"))
-    total = s.e2e_warmup_steps + s.e2e_steps
-    overrides = [
-        f"data.train_files=[{train_file}]",
-        f"data.eval_files=[{eval_file}]",
-        f"data.max_response_length={s.e2e_response_len}",
-        "rollout.ignore_eos=true",
-        # the same work as the ideal step: one optimizer step per batch, no reference model
-        "algo.kl_coef=0.0",
-        "learner.mini_batch_size=16",
-        f"trainer.total_steps={total}",
-        f"trainer.output_dir={run_dir}",
-    ]
-    cfg = bench_config(path, overrides)
+    cfg = bench_config(path, e2e_overrides(s, case, train_file, eval_file, run_dir))
     records: list[dict[str, Any]] = []
     ideal_runs: list[dict[str, float]] = []
     cores = all_cores()
+    g = cfg.rollout.num_generations
     try:
         with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
             trainer.start()
@@ -71,58 +122,97 @@ def _e2e_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[str, 
             )
             ray.get(ideal.ready.remote())
 
-            def ideal_step(prompts: list[list[int]]) -> dict[str, float]:
-                args = (cfg.rollout.num_generations, cfg.data.max_response_length, cfg.rollout.temperature)
-                opts = (cfg.learner.micro_batch_size, cfg.learner.max_grad_norm, 0 if pad is None else int(pad))
-                return ray.get(ideal.step.remote(prompts, *args, *opts))
+            def ideal_step(step: int, prompts: list[Any]) -> dict[str, float]:
+                seeds = train_seeds(cfg.trainer.seed, step, prompts, g) if case.natural else None
+                return ray.get(
+                    ideal.step.remote(
+                        [list(p.token_ids) for p in prompts],
+                        g,
+                        cfg.data.max_response_length,
+                        cfg.rollout.temperature,
+                        cfg.learner.micro_batch_size,
+                        cfg.learner.max_grad_norm,
+                        0 if pad is None else int(pad),
+                        seeds=seeds,
+                        ignore_eos=cfg.rollout.ignore_eos,
+                    )
+                )
 
-            for step in range(1, total + 1):
+            for step in range(1, s.e2e_warmup_steps + s.e2e_steps + 1):
                 state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
-                prompts = [list(trainer.train_prompts[i].token_ids) for i in trainer.cursor.next_batch()]
+                prompts = [trainer.train_prompts[i] for i in trainer.cursor.next_batch()]
                 trainer.cursor.load_state_dict(state)
                 if step % 2:
                     settle()
                     records.append(trainer.train_step(step))
                 settle()
-                ideal_runs.append(ideal_step(prompts))
+                ideal_runs.append(ideal_step(step, prompts))
                 if not step % 2:
                     settle()
                     records.append(trainer.train_step(step))
             ray.kill(ideal)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+    return _figures(s, case, cfg, facts, records, ideal_runs)
+
+
+def _figures(
+    s: Settings,
+    case: E2ECase,
+    cfg: Any,
+    facts: dict[str, Any],
+    records: list[dict[str, Any]],
+    ideal_runs: list[dict[str, float]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     measured = records[s.e2e_warmup_steps :]
     ideal_measured = ideal_runs[s.e2e_warmup_steps :]
     samples = cfg.data.train_batch_size * cfg.rollout.num_generations
     phases = e2e_phases(measured)
     ideal_ph = min(ideal_measured, key=lambda r: r["step_s"])  # its fastest step, as for grpo-dist
+    lc = cfg.learner
+    layout = (
+        f"{cfg.rollout.num_engines} engines x {cfg.cluster.num_cpus_per_engine:g} core, {lc.num_ranks} ZeRO-"
+        f"{lc.zero_stage} ranks x {cfg.cluster.num_cpus_per_rank:g} core, micro-batch {lc.micro_batch_size}, "
+        f"{cfg.model.dtype}"
+    )
     model_config = {
         **facts,
+        "mode": "natural" if case.natural else "fixed",
         "samples_per_step": samples,
         "warmup_steps": s.e2e_warmup_steps,
         "measured_steps": s.e2e_steps,
-        "ideal": "1 process on all cores: raw vLLM generate (n=G) + plain torch step + in-process reload",
+        "layout": layout,
+        "ideal": "1 process on all cores: raw vLLM generate + plain torch step + in-process reload",
         "config": cfg.to_dict(),
     }
+    tokens = [r["response_length/mean"] * samples for r in measured if "response_length/mean" in r]
     details = {
         "grpo_dist_phase_s": phases,
         "ideal_phase_s": ideal_ph,
         "grpo_dist_steps": [{k: v for k, v in r.items() if k.startswith(("timing/", "throughput/"))} for r in measured],
+        "grpo_dist_tokens_per_step": tokens,
         "ideal_steps": ideal_measured,
     }
     split = ", ".join(f"{k} {phases[k]:.2f}" for k in ("rollout", "reward", "train", "sync", "idle"))
     ideal_split = ", ".join(f"{k.removesuffix('_s')} {ideal_ph[k]:.2f}" for k in ("generate_s", "train_s", "reload_s"))
+    note = (
+        f"{layout}; grpo-dist {phases['step']:.2f} s/step = {split}; ideal {ideal_ph['step_s']:.2f} s = {ideal_split}"
+    )
+    if case.natural and tokens:
+        mean_ideal = sum(r["tokens"] for r in ideal_measured) / len(ideal_measured)
+        note += f"; generated tokens per step: grpo-dist {sum(tokens) / len(tokens):.0f}, ideal {mean_ideal:.0f}"
+    model = case.model if not case.natural else "embedded (natural)"
     figures = [
         figure(
             benchmark="e2e",
             model=model,
-            name="train step, demo-like config",
+            name="train step" + (", fixed length" if not case.natural else ", natural (EOS)"),
             unit="samples/s",
             value=samples / phases["step"],
             bound=samples / ideal_ph["step_s"],
             bound_name="ideal synchronous step",
-            goal=round(1 / 1.1, 3) if model == "large" else None,
-            note=f"grpo-dist {phases['step']:.2f} s/step = {split}; ideal {ideal_ph['step_s']:.2f} s = {ideal_split}",
+            goal=round(1 / 1.1, 3) if case.model == "large" else None,
+            note=note,
             details=details,
         )
     ]
@@ -159,4 +249,10 @@ def e2e_phases(records: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def bench_e2e(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    return per_model(s.e2e_models, _e2e_model, s)
+    config: dict[str, Any] = {"cases": {}}
+    figures: list[dict[str, Any]] = []
+    for case in e2e_cases(s):
+        case_config, case_figures = _e2e_case(s, case)
+        config["cases"][case.label] = case_config
+        figures += case_figures
+    return config, figures

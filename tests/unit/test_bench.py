@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,102 @@ def test_parser_and_default_output() -> None:
     assert cli.default_out("sync", False) == Path("benchmarks/results/sync.json")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["nonsense"])
+
+
+def test_bad_override_is_refused_before_any_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args(["e2e", "--set", "learner.num_rank=1", "--out", "/nonexistent/x.json"])
+    assert cli.main_bench(args) == 2
+    err = capsys.readouterr().err
+    assert "learner.num_rank" in err and "num_ranks" in err
+
+
+# ------------------------------------------------------------------------------------------ e2e and TRL
+
+
+def test_train_seeds_are_the_engines_seeds_and_a_repeated_prompt_gets_its_own_stream() -> None:
+    from grpo_dist.bench.e2e import train_seeds
+    from grpo_dist.rollout.seeds import sample_seed
+    from grpo_dist.types import Prompt
+
+    a, b = Prompt(prompt_id=7, token_ids=[1, 2], text=""), Prompt(prompt_id=9, token_ids=[3], text="")
+    seeds = train_seeds(5, 3, [a, b, a], n=2)
+    assert seeds[:2] == [sample_seed(5, "train", 3, 7, i) for i in range(2)]
+    assert seeds[2:4] == [sample_seed(5, "train", 3, 9, i) for i in range(2)]
+    assert seeds[4:] == [sample_seed(5, "train#1", 3, 7, i) for i in range(2)]
+    assert len(set(seeds)) == 6
+
+
+def test_e2e_cases_and_overrides_by_mode(tmp_path: Path) -> None:
+    from grpo_dist.bench.e2e import E2ECase, e2e_cases, e2e_overrides
+
+    s = replace(common.settings_for(True), overrides=("learner.num_ranks=1",))
+    assert e2e_cases(s) == [E2ECase("small", natural=False), E2ECase("embedded", natural=True)]
+    assert e2e_cases(replace(s, e2e_natural=False)) == [E2ECase("small", natural=False)]
+    fixed = e2e_overrides(s, E2ECase("small", False), tmp_path / "t", tmp_path / "e", tmp_path / "run")
+    natural = e2e_overrides(s, E2ECase("embedded", True), tmp_path / "t", tmp_path / "e", tmp_path / "run")
+    assert "rollout.ignore_eos=true" in fixed and f"data.max_response_length={s.e2e_response_len}" in fixed
+    assert not any(o.startswith(("rollout.ignore_eos", "data.max_response_length")) for o in natural)
+    for o in (fixed, natural):
+        assert o[0] == "learner.num_ranks=1"  # the user's first: the benchmark's own settings win
+        assert "algo.kl_coef=0.0" in o and f"trainer.total_steps={s.e2e_warmup_steps + s.e2e_steps}" in o
+
+
+def test_trl_spec_is_read_off_grpo_dists_config(tmp_path: Path) -> None:
+    from grpo_dist.bench.vs_trl import trl_spec
+
+    cfg = common.bench_config(
+        tmp_path, ["rollout.ignore_eos=true", "data.max_response_length=24", "learner.micro_batch_size=32"]
+    )
+    s = common.settings_for(True)
+    spec = trl_spec(
+        cfg, model_path=tmp_path, train_file=tmp_path / "t.parquet", s=s, dtype="bfloat16", checkpointing=False
+    )
+    assert spec["num_prompts"] == cfg.data.train_batch_size
+    assert spec["num_generations"] == cfg.rollout.num_generations
+    assert (spec["max_completion_length"], spec["fixed_length"], spec["micro_batch_size"]) == (24, True, 32)
+    assert (spec["learning_rate"], spec["max_grad_norm"]) == (cfg.learner.lr, cfg.learner.max_grad_norm)
+    assert (spec["dtype"], spec["gradient_checkpointing"]) == ("bfloat16", False)
+    assert (spec["warmup_steps"], spec["steps"]) == (s.e2e_warmup_steps, s.e2e_steps)
+
+
+def _runner_spec(tmp_path: Path, **changes: object) -> Path:
+    spec = {
+        "model_path": str(tmp_path),
+        "train_file": str(tmp_path),
+        "num_prompts": 4,
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "fixed_length": True,
+        "temperature": 1.0,
+        "learning_rate": 1e-5,
+        "max_grad_norm": 1.0,
+        "micro_batch_size": 4,
+        "dtype": "float32",
+        "gradient_checkpointing": True,
+        "threads": 1,
+        "seed": 0,
+        "warmup_steps": 1,
+        "steps": 2,
+    } | changes
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({k: v for k, v in spec.items() if v is not None}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_prompts": None}, "missing key.*num_prompts"),
+        ({"dtype": "float16"}, "'dtype' must be one of"),
+        ({"micro_batch_size": 3}, "must divide num_prompts"),
+        ({"num_generations": 1}, "'num_generations' must be >= 2"),
+        ({"fixed_length": "yes"}, "'fixed_length' must be true or false"),
+        ({"model_path": "/nonexistent/model"}, "'model_path' must be an existing path"),
+    ],
+)
+def test_trl_runner_refuses_a_bad_spec_naming_the_key(tmp_path: Path, changes: dict, message: str) -> None:
+    from grpo_dist.bench import trl_runner
+
+    assert trl_runner.load_spec(str(_runner_spec(tmp_path))) is not None
+    with pytest.raises(trl_runner.SpecError, match=message):
+        trl_runner.load_spec(str(_runner_spec(tmp_path, **changes)))
