@@ -308,6 +308,15 @@ def fmt(x: float | None) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _row(f: dict[str, Any]) -> str:
+    goal = "—" if f.get("goal") is None else f"≥ {f['goal']:.2f}" + (" ✓" if f.get("meets_goal") else " ✗")
+    bound = f"{fmt(f.get('bound'))} ({f['bound_name']})" if f.get("bound_name") else fmt(f.get("bound"))
+    return (
+        f"| {f['benchmark']} | {f['model']} | {f['name']} | {fmt(f.get('value'))} | {bound} | {f['unit']} | "
+        f"{fmt(f.get('ratio'))} | {goal} |"
+    )
+
+
 def render_table(records: Sequence[dict[str, Any]]) -> str:
     """A markdown table of every figure of ``records`` (one row per figure) and a line per record saying
     where and when it was measured."""
@@ -317,12 +326,7 @@ def render_table(records: Sequence[dict[str, Any]]) -> str:
     ]
     for rec in records:
         for f in rec["figures"]:
-            goal = "—" if f.get("goal") is None else f"≥ {f['goal']:.2f}" + (" ✓" if f.get("meets_goal") else " ✗")
-            bound = f"{fmt(f.get('bound'))} ({f['bound_name']})" if f.get("bound_name") else fmt(f.get("bound"))
-            lines.append(
-                f"| {f['benchmark']} | {f['model']} | {f['name']} | {fmt(f.get('value'))} | {bound} | {f['unit']} | "
-                f"{fmt(f.get('ratio'))} | {goal} |"
-            )
+            lines.append(_row(f))
     lines.append("")
     for rec in records:
         m, p, g = rec["machine"], rec["packages"], rec["git"]
@@ -342,6 +346,36 @@ def render_table(records: Sequence[dict[str, Any]]) -> str:
     if notes:
         lines += ["", "Measured alongside (from the records' notes):", ""]
         lines += [f"- {f['benchmark']} / {f['model']} / {f['name']}: {f['note']}" for f in notes]
+    return "\n".join(lines) + "\n"
+
+
+def is_headline(f: dict[str, Any]) -> bool:
+    """Whether a figure belongs in the top-level README's short table: each benchmark's goal figures and
+    main comparisons, not the per-phase and per-transport detail (that stays in benchmarks/README.md)."""
+    name, bench = f["name"], f["benchmark"]
+    if bench == "rollout":
+        return f.get("goal") is not None or name.startswith("EnginePool, 2 engines")
+    if bench == "sync":
+        return "ZeRO-2" in name and str(f.get("bound_name", "")).startswith("the raw transfer")
+    if bench == "e2e":
+        return not name.startswith("phase:")
+    return True
+
+
+def render_summary(records: Sequence[dict[str, Any]], *, details: str = "benchmarks/README.md") -> str:
+    """The short table of ``is_headline`` figures, with where and when they were measured in one line."""
+    lines = [
+        "| benchmark | model | figure | grpo-dist | bound | unit | ratio | goal |",
+        "|---|---|---|---:|---:|---|---:|---:|",
+    ]
+    for rec in records:
+        for f in rec["figures"]:
+            if is_headline(f):
+                lines.append(_row(f))
+    machines = sorted({f"{r['machine'].get('cpu_model')}, {r['machine'].get('usable_cores')} cores" for r in records})
+    dates = sorted(r["time_utc"][:10] for r in records)
+    when = dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}" if dates else "?"
+    lines += ["", f"Measured on {'; '.join(machines)}, {when}. Every figure, its notes and raw timings: `{details}`."]
     return "\n".join(lines) + "\n"
 
 

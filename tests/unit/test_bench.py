@@ -391,3 +391,29 @@ def test_trl_runner_refuses_a_bad_spec_naming_the_key(tmp_path: Path, changes: d
     assert trl_runner.load_spec(str(_runner_spec(tmp_path))) is not None
     with pytest.raises(trl_runner.SpecError, match=message):
         trl_runner.load_spec(str(_runner_spec(tmp_path, **changes)))
+
+
+def test_summary_keeps_the_headline_figures_only() -> None:
+    e2e = _record(
+        "e2e",
+        figures=[
+            _figure(benchmark="e2e", name="train step, fixed length", goal=None),
+            _figure(benchmark="e2e", name="phase: rollout", goal=None),
+        ],
+    )
+    sync = _record(
+        "sync",
+        time_utc="2026-11-22T10:00:00Z",
+        figures=[
+            _figure(
+                benchmark="sync", name="WeightSync broadcast, ZeRO-2, 1 engine", bound_name="one raw gloo", goal=None
+            ),
+            _figure(benchmark="sync", name="WeightSync broadcast, ZeRO-2, 1 engine", bound_name="the raw transfer + x"),
+            _figure(benchmark="sync", name="WeightSync broadcast, ZeRO-3, 1 engine", bound_name="the raw transfer + x"),
+        ],
+    )
+    text = bench.render_summary([_record(), e2e, sync])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 3  # the rollout goal figure, e2e's step, sync ZeRO-2 vs transfer + reload
+    assert "phase: rollout" not in text and "ZeRO-3" not in text and "one raw gloo" not in text
+    assert "Test CPU, 2 cores, 2026-11-21 to 2026-11-22" in text
