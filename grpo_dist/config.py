@@ -288,8 +288,10 @@ class AlgoConfig(_Section):
 class LearnerConfig(_Section):
     num_ranks: int = Field(2, ge=1)
     """DeepSpeed data-parallel ranks (one Ray actor each)."""
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    """ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."""
+    zero_stage: Literal[1, 2, 3] = 2
+    """ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters. Stage 0 is not offered:
+    without a ZeRO optimizer DeepSpeed neither reports the gradient norm nor skips a non-finite update,
+    and the non-finite guard (``max_nonfinite_steps``) relies on both; on one rank stage 1 costs the same."""
     lr: float = Field(1e-5, gt=0.0)
     """Peak learning rate (AdamW)."""
     weight_decay: float = Field(0.0, ge=0.0)

@@ -39,6 +39,7 @@ def _errors(overrides: list[str], raw: dict | None = None) -> str:
         ("rollout.temperature=0", "rollout.temperature = 0"),
         ("rollout.num_generations=four", "rollout.num_generations = 'four': Input should be a valid integer"),
         ("learner.zero_stage=4", "learner.zero_stage = 4"),
+        ("learner.zero_stage=0", "learner.zero_stage = 0: Input should be 1, 2 or 3"),
         ("algo.loss_agg_mode=mean", "algo.loss_agg_mode = 'mean'"),
         ("algo.kl_estimator=k4", "'k1', 'k2' or 'k3'"),
         ("data.overlong_prompt_policy=drop", "'error', 'filter' or 'truncate'"),
