@@ -240,7 +240,7 @@ def write_atomic(path: str, payload: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    # Run as a script, this folder is sys.path[0], and its sibling ``trl.py`` would shadow the real TRL package.
+    # Run as a script, this folder is sys.path[0]: keep its modules from shadowing packages TRL imports.
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     if len(argv) != 2:
