@@ -68,16 +68,13 @@ def e2e_overrides(s: Settings, case: E2ECase, train_file: Path, eval_file: Path,
 def train_seeds(run_seed: int, step: int, prompts: Sequence[Any], n: int) -> list[int]:
     """The per-sample seeds grpo-dist's engines use for a training step's prompts (see ``rollout.seeds``),
     prompt by prompt: a prompt seen again in the same batch samples from its own stream."""
-    from grpo_dist.rollout.seeds import sample_seed
+    from grpo_dist.rollout.seeds import occurrence_stream, occurrences, sample_seed
 
-    seen: dict[int, int] = {}
-    seeds = []
-    for p in prompts:
-        k = seen.get(p.prompt_id, 0)
-        seen[p.prompt_id] = k + 1
-        stream = "train" if k == 0 else f"train#{k}"
-        seeds += [sample_seed(run_seed, stream, step, p.prompt_id, i) for i in range(n)]
-    return seeds
+    return [
+        sample_seed(run_seed, occurrence_stream("train", k), step, p.prompt_id, i)
+        for p, k in zip(prompts, occurrences(p.prompt_id for p in prompts), strict=True)
+        for i in range(n)
+    ]
 
 
 def _model_path(case: E2ECase) -> Path:

@@ -308,6 +308,12 @@ def fmt(x: float | None) -> str:
     return f"{x:,.{digits}f}"
 
 
+TABLE_HEADER = (
+    "| benchmark | model | figure | grpo-dist | bound | unit | ratio | goal |",
+    "|---|---|---|---:|---:|---|---:|---:|",
+)
+
+
 def _row(f: dict[str, Any]) -> str:
     goal = "—" if f.get("goal") is None else f"≥ {f['goal']:.2f}" + (" ✓" if f.get("meets_goal") else " ✗")
     bound = f"{fmt(f.get('bound'))} ({f['bound_name']})" if f.get("bound_name") else fmt(f.get("bound"))
@@ -320,10 +326,7 @@ def _row(f: dict[str, Any]) -> str:
 def render_table(records: Sequence[dict[str, Any]]) -> str:
     """A markdown table of every figure of ``records`` (one row per figure) and a line per record saying
     where and when it was measured."""
-    lines = [
-        "| benchmark | model | figure | grpo-dist | bound | unit | ratio | goal |",
-        "|---|---|---|---:|---:|---|---:|---:|",
-    ]
+    lines = list(TABLE_HEADER)
     for rec in records:
         for f in rec["figures"]:
             lines.append(_row(f))
@@ -364,10 +367,7 @@ def is_headline(f: dict[str, Any]) -> bool:
 
 def render_summary(records: Sequence[dict[str, Any]], *, details: str = "benchmarks/README.md") -> str:
     """The short table of ``is_headline`` figures, with where and when they were measured in one line."""
-    lines = [
-        "| benchmark | model | figure | grpo-dist | bound | unit | ratio | goal |",
-        "|---|---|---|---:|---:|---|---:|---:|",
-    ]
+    lines = list(TABLE_HEADER)
     for rec in records:
         for f in rec["figures"]:
             if is_headline(f):

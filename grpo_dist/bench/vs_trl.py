@@ -24,7 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grpo_dist.bench.common import Settings, all_cores, bench_config, bench_model, model_facts, private_ray, settle
+from grpo_dist.bench.common import (
+    Settings,
+    all_cores,
+    bench_config,
+    bench_model,
+    model_facts,
+    per_model,
+    private_ray,
+    settle,
+)
 from grpo_dist.bench.e2e import E2ECase, e2e_overrides
 from grpo_dist.bench.records import REPO_ROOT, best, figure
 from grpo_dist.embedded import cache_root
@@ -157,7 +166,7 @@ def _trl_runs(
     return out
 
 
-def _trl_model(s: Settings, model: str, python: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _trl_model(s: Settings, model: str, *, python: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from grpo_dist.models.assets import ensure_task_data
 
     train_file, eval_file = ensure_task_data()
@@ -177,10 +186,11 @@ def _trl_model(s: Settings, model: str, python: Path) -> tuple[dict[str, Any], l
             mine, trl_runs = ours(), theirs()
         else:
             trl_runs, mine = theirs(), ours()
-        my_s = best([r["timing/step_s"] for r in mine])
+        my_steps = [r["timing/step_s"] for r in mine]
+        my_s = best(my_steps)
         model_config["runs"][dtype] = {
             "grpo_dist_config": cfg.to_dict(),
-            "grpo_dist_step_s": [r["timing/step_s"] for r in mine],
+            "grpo_dist_step_s": my_steps,
             "trl": {f"gradient_checkpointing={k}": v for k, v in trl_runs.items()},
         }
         for ckpt, run in trl_runs.items():
@@ -204,10 +214,7 @@ def _trl_model(s: Settings, model: str, python: Path) -> tuple[dict[str, Any], l
                         + (f" (of which generate {best(gen):.2f} s)" if gen else "")
                         + f"; TRL completion lengths {sorted(lengths)}"
                     ),
-                    details={
-                        "grpo_dist_step_s": model_config["runs"][dtype]["grpo_dist_step_s"],
-                        "trl_step_s": measured,
-                    },
+                    details={"grpo_dist_step_s": my_steps, "trl_step_s": measured},
                 )
             )
     return model_config, figures
@@ -215,10 +222,5 @@ def _trl_model(s: Settings, model: str, python: Path) -> tuple[dict[str, Any], l
 
 def bench_trl(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     python = ensure_trl_venv()
-    config: dict[str, Any] = {"trl_venv": str(trl_venv_dir()), "models": {}}
-    figures: list[dict[str, Any]] = []
-    for model in s.trl_models:
-        model_config, model_figures = _trl_model(s, model, python)
-        config["models"][model] = model_config
-        figures += model_figures
-    return config, figures
+    config, figures = per_model(s.trl_models, functools.partial(_trl_model, python=python), s)
+    return {"trl_venv": str(trl_venv_dir()), **config}, figures

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from grpo_dist.rollout.seeds import sample_seed
+from grpo_dist.rollout.seeds import occurrence_stream, sample_seed
 from grpo_dist.sync.plan import Bucket, checksum
 from grpo_dist.types import Completion, FinishReason, Prompt, RolloutGroup
 
@@ -166,7 +166,7 @@ class VllmEngine:
             )
         requests, params = [], []
         for prompt, occurrence in zip(prompts, occurrences, strict=True):
-            key = stream if occurrence == 0 else f"{stream}#{occurrence}"
+            key = occurrence_stream(stream, occurrence)
             for i in range(spec.n):
                 requests.append(TokensPrompt(prompt_token_ids=list(prompt.token_ids)))
                 params.append(

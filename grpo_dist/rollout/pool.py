@@ -19,6 +19,7 @@ from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
 from grpo_dist.placement import RolePlacement
 from grpo_dist.rollout.engine import SamplingSpec, create_engine_actor, engine_env
+from grpo_dist.rollout.seeds import occurrences
 from grpo_dist.types import Prompt, RolloutGroup
 
 logger = logging.getLogger(__name__)
@@ -158,11 +159,7 @@ class EnginePool:
         import ray
 
         costs = [(len(p.token_ids) + spec.max_tokens) * spec.n for p in prompts]
-        seen: dict[int, int] = {}
-        occurrences = []
-        for p in prompts:
-            occurrences.append(seen.get(p.prompt_id, 0))
-            seen[p.prompt_id] = occurrences[-1] + 1
+        repeats = occurrences(p.prompt_id for p in prompts)
         pending: dict[Any, tuple[Any, list[int]]] = {}  # ref -> (actor, indices of prompts)
 
         def submit(indices: list[int]) -> None:
@@ -177,7 +174,7 @@ class EnginePool:
                         step=step,
                         min_version=min_version,
                         batch_indices=part,
-                        occurrences=[occurrences[i] for i in part],
+                        occurrences=[repeats[i] for i in part],
                     )
                     pending[ref] = (actor, part)
 

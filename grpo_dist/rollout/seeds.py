@@ -8,8 +8,24 @@ whatever order.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 
 def sample_seed(run_seed: int, stream: str, step: int, prompt_id: int, sample_index: int) -> int:
     key = f"{run_seed}/{stream}/{step}/{prompt_id}/{sample_index}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1  # < 2**63
+
+
+def occurrences(prompt_ids: Iterable[int]) -> list[int]:
+    """For each prompt of a batch, how many times its id came earlier in the batch (0 the first time)."""
+    seen: dict[int, int] = {}
+    out = []
+    for pid in prompt_ids:
+        out.append(seen.get(pid, 0))
+        seen[pid] = out[-1] + 1
+    return out
+
+
+def occurrence_stream(stream: str, occurrence: int) -> str:
+    """The seed stream of a prompt's ``occurrence``-th repeat in one batch, so repeats sample differently."""
+    return stream if occurrence == 0 else f"{stream}#{occurrence}"

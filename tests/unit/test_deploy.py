@@ -524,7 +524,10 @@ def _assert_cleaned_up(log: Path) -> None:
     assert not (log / "forbidden").exists(), "the script ran `ray stop`"
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see whether the srun stubs are gone")
+needs_proc = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see whether the srun stubs are gone")
+
+
+@needs_proc
 def test_sbatch_runs_the_driver_against_its_own_cluster_and_stops_it(tmp_path: Path) -> None:
     proc, log = _run_sbatch(tmp_path, GPU_CONFIG, "trainer.total_steps=3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -542,7 +545,7 @@ def test_sbatch_runs_the_driver_against_its_own_cluster_and_stops_it(tmp_path: P
     _assert_cleaned_up(log)
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see whether the srun stubs are gone")
+@needs_proc
 def test_sbatch_returns_the_driver_status_and_still_stops_the_cluster(tmp_path: Path) -> None:
     proc, log = _run_sbatch(tmp_path, FAKE_TRAIN_RC="3")
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -550,7 +553,7 @@ def test_sbatch_returns_the_driver_status_and_still_stops_the_cluster(tmp_path: 
     _assert_cleaned_up(log)
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see whether the srun stubs are gone")
+@needs_proc
 def test_sbatch_gives_up_when_the_head_dies(tmp_path: Path) -> None:
     proc, log = _run_sbatch(tmp_path, FAKE_HEAD_FAILS="1", FAKE_NODES="gpu01")
     assert proc.returncode != 0
@@ -559,7 +562,7 @@ def test_sbatch_gives_up_when_the_head_dies(tmp_path: Path) -> None:
     _assert_cleaned_up(log)
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see whether the srun stubs are gone")
+@needs_proc
 def test_sbatch_wait_for_gpus_has_a_deadline(tmp_path: Path) -> None:
     proc, log = _run_sbatch(tmp_path, FAKE_GPUS="8", GRPO_RAY_START_TIMEOUT="0")
     assert proc.returncode != 0
@@ -568,7 +571,7 @@ def test_sbatch_wait_for_gpus_has_a_deadline(tmp_path: Path) -> None:
     _assert_cleaned_up(log)
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see whether the srun stubs are gone")
+@needs_proc
 def test_sbatch_on_sigterm_interrupts_the_driver_and_stops_the_cluster(tmp_path: Path) -> None:
     # What `--signal=B:TERM@300` (or scancel) does: the driver gets SIGINT (a clean shutdown of its
     # actors), then the Ray steps are stopped; the script exits 143.
