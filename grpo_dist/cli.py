@@ -166,13 +166,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             submission_id=args.job_id,
             check_cluster=not args.no_check,
         )
+        print(f"submitted job {job_id} to {args.address}", flush=True)
+        if not args.wait:
+            return 0
+        status = submit.wait(
+            args.address, job_id, timeout_s=args.timeout, allow_insecure_token=args.allow_insecure_token
+        )
     except submit.SubmitError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"submitted job {job_id} to {args.address}")
-    if not args.wait:
-        return 0
-    status = submit.wait(args.address, job_id, timeout_s=args.timeout)
     print(f"job {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
 

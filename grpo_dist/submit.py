@@ -6,9 +6,12 @@ why. The job's runtime environment carries the project's package (``py_modules``
 so the cluster runs exactly what was validated.
 
 Token authentication (on by default in Ray 2.60): the token comes from ``RAY_AUTH_TOKEN``,
-``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``. It is never sent over plain http to a non-loopback
-address (reach a remote dashboard through an SSH tunnel or port-forward, or use https) unless
-``--allow-insecure-token`` says so.
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, looked up in that order as Ray does. Every client here is
+given it as an explicit ``Authorization: Bearer`` header, so nothing depends on ``RAY_AUTH_MODE``: Ray's
+own clients add the header only when ``RAY_AUTH_MODE=token`` was in the environment when Ray was first
+imported (it caches its config then), which a user's shell usually does not hold. The token is never sent
+over plain http to a non-loopback address (reach a remote dashboard through an SSH tunnel or port-forward,
+or use https) unless ``--allow-insecure-token`` says so.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from grpo_dist.config import Config
 from grpo_dist.placement import fit_problems, reward_cpus, role_specs
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +44,21 @@ class SubmitError(ValueError):
     pass
 
 
-def _token_available() -> bool:
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    return Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+def read_token() -> str | None:
+    """The Ray auth token, from where Ray itself looks and in its order: ``RAY_AUTH_TOKEN``, the file named
+    by ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``; ``None`` when there is none."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        path = Path(named).expanduser()
+        token = path.read_text().strip() if path.is_file() else ""
+        if not token:  # as Ray: a path that is set but holds no token is an error, not "no token"
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={named}: no such file, or it is empty")
+        return token
+    path = Path.home() / ".ray" / "auth_token"
+    return (path.read_text().strip() or None) if path.is_file() else None
 
 
 def _is_loopback(host: str) -> bool:
@@ -53,28 +70,54 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def prepare_auth(address: str, *, allow_insecure_token: bool) -> bool:
-    """Turn on token auth for this process's clients when a token exists; refuse to send it in clear
-    text to another machine. Returns whether a token will be sent."""
+def auth_headers(address: str, *, allow_insecure_token: bool) -> dict[str, str]:
+    """The HTTP headers that present the token to the dashboard at ``address``: empty when there is no token
+    (or ``RAY_AUTH_MODE=disabled``). Refuses to send the token in clear text to another machine."""
     url = urlparse(address)
     if url.scheme not in ("http", "https"):
         raise SubmitError(f"--address {address!r}: expected http://HOST:PORT or https://HOST:PORT of the dashboard")
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or not _token_available():
-        return False
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    token = read_token()
+    if token is None:
+        return {}
     if url.scheme == "http" and not _is_loopback(url.hostname or "") and not allow_insecure_token:
         raise SubmitError(
             f"refusing to send the Ray auth token over plain http to {url.hostname}: use an SSH tunnel or "
             "port-forward to 127.0.0.1, or https, or pass --allow-insecure-token if the network is trusted"
         )
-    os.environ["RAY_AUTH_MODE"] = "token"
-    return True
+    return {"Authorization": f"Bearer {token}"}
 
 
-def cluster_nodes(address: str) -> list[dict[str, float]]:
+@contextlib.contextmanager
+def _auth_errors(address: str) -> Iterator[None]:
+    """A token the cluster refuses (or one it needs and did not get) as a ``SubmitError``, not a traceback."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError as exc:
+        raise SubmitError(f"{address}: {exc}") from exc
+
+
+def _job_client(address: str, headers: dict[str, str]) -> JobSubmissionClient:
+    """A Jobs API client for the dashboard at ``address`` that sends ``headers`` (from ``auth_headers``)."""
+    from ray.job_submission import JobSubmissionClient
+
+    with _auth_errors(address):
+        return JobSubmissionClient(address, headers=headers)
+
+
+def cluster_nodes(address: str, *, headers: dict[str, str]) -> list[dict[str, float]]:
     """Total resources of each alive node, from the cluster's state API."""
-    from ray.util.state import list_nodes
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
-    nodes = list_nodes(address=address, detail=True, raise_on_missing_output=False, timeout=30)
+    with _auth_errors(address):
+        client = StateApiClient(address=address, headers={"Content-Type": "application/json", **headers})
+        nodes = client.list(
+            StateResource.NODES, options=ListApiOptions(detail=True, timeout=30), raise_on_missing_output=False
+        )
     return [dict(n.resources_total) for n in nodes if n.state == "ALIVE"]
 
 
@@ -111,25 +154,24 @@ def submit(
     submission_id: str | None = None,
     check_cluster: bool = True,
 ) -> str:
-    from ray.job_submission import JobSubmissionClient
-
-    prepare_auth(address, allow_insecure_token=allow_insecure_token)
+    headers = auth_headers(address, allow_insecure_token=allow_insecure_token)
     if cfg.cluster.address == "local":  # a job runs on the cluster it was submitted to
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": "auto"})})
     if check_cluster:
-        check_fits(cfg, cluster_nodes(address))
-    client = JobSubmissionClient(address)
+        check_fits(cfg, cluster_nodes(address, headers=headers))
+    client = _job_client(address, headers)
     # a freshly started cluster answers "No available agent" until its job agent is up: retry that, and
     # nothing else, until a deadline
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            job_id = client.submit_job(
-                entrypoint=f"python -m grpo_dist.cli train env:{JOB_CONFIG_ENV}",
-                submission_id=submission_id,
-                runtime_env=job_runtime_env(cfg),
-                metadata={"grpo_dist_output_dir": cfg.trainer.output_dir},
-            )
+            with _auth_errors(address):
+                job_id = client.submit_job(
+                    entrypoint=f"python -m grpo_dist.cli train env:{JOB_CONFIG_ENV}",
+                    submission_id=submission_id,
+                    runtime_env=job_runtime_env(cfg),
+                    metadata={"grpo_dist_output_dir": cfg.trainer.output_dir},
+                )
             break
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
@@ -138,47 +180,46 @@ def submit(
     return job_id
 
 
-def wait(address: str, job_id: str, *, timeout_s: float, follow: bool = True) -> str:
+def wait(
+    address: str, job_id: str, *, timeout_s: float, follow: bool = True, allow_insecure_token: bool = False
+) -> str:
     """Stream the job's logs (when ``follow``) until it ends; returns its final status. Never waits past
     ``timeout_s``."""
     import asyncio
 
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
+    client = _job_client(address, auth_headers(address, allow_insecure_token=allow_insecure_token))
     deadline = time.monotonic() + timeout_s
 
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
             print(lines, end="", flush=True)
 
-    if follow:
-        with contextlib.suppress(TimeoutError):
-            asyncio.run(asyncio.wait_for(tail(), timeout=timeout_s))
-    while True:
-        status = client.get_job_status(job_id).value
-        if status in TERMINAL:
-            return status
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:g} s")
-        time.sleep(1.0)
+    with _auth_errors(address):
+        if follow:
+            with contextlib.suppress(TimeoutError):
+                asyncio.run(asyncio.wait_for(tail(), timeout=timeout_s))
+        while True:
+            status = client.get_job_status(job_id).value
+            if status in TERMINAL:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {status} after {timeout_s:g} s")
+            time.sleep(1.0)
 
 
 def job_command(action: str, address: str, job_id: str, *, allow_insecure_token: bool) -> Any:
-    from ray.job_submission import JobSubmissionClient
-
-    prepare_auth(address, allow_insecure_token=allow_insecure_token)
-    client = JobSubmissionClient(address)
-    if action == "status":
-        info = client.get_job_info(job_id)
-        return {
-            "job_id": job_id,
-            "status": str(info.status.value),
-            "message": info.message,
-            "entrypoint": info.entrypoint,
-        }
-    if action == "logs":
-        return client.get_job_logs(job_id)
-    if action == "stop":
+    if action not in ("status", "logs", "stop"):
+        raise ValueError(f"jobs {action!r}: expected status, logs or stop")
+    client = _job_client(address, auth_headers(address, allow_insecure_token=allow_insecure_token))
+    with _auth_errors(address):
+        if action == "status":
+            info = client.get_job_info(job_id)
+            return {
+                "job_id": job_id,
+                "status": str(info.status.value),
+                "message": info.message,
+                "entrypoint": info.entrypoint,
+            }
+        if action == "logs":
+            return client.get_job_logs(job_id)
         return client.stop_job(job_id)
-    raise ValueError(f"jobs {action!r}: expected status, logs or stop")
