@@ -39,6 +39,7 @@ __all__ = [
     "RewardConfig",
     "RewardFunctionConfig",
     "RolloutConfig",
+    "RolloutCorrectionConfig",
     "SyncConfig",
     "TrainerConfig",
     "apply_overrides",
@@ -238,6 +239,47 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class RolloutCorrectionConfig(_Section):
+    """How the learner corrects for the rollout engines' sampling distribution not being exactly its own
+    (kernels and precision differ), with ``rho_t = exp(old_t - engine_t)`` the token importance ratio of
+    the learner's old logprobs to the engine's (formulas in ``grpo_dist.algo.rollout_correction``). Each
+    step the ``rollout_corr/*`` metrics report the mismatch, whatever the mode."""
+
+    mode: Literal["none", "tis", "icepop", "seq_mask_tis"] = "tis"
+    """``none``; ``tis``: each token's policy-gradient term times ``min(rho_t, tis_clip)``; ``icepop``: times
+    ``rho_t`` where ``icepop_low <= rho_t <= icepop_high``, dropped elsewhere; ``seq_mask_tis``: the ``tis``
+    weights, with whole sequences dropped whose geometric-mean ratio ``exp(mean_t log rho_t)`` is outside
+    ``[seq_mask_low, seq_mask_high]``. On by default because TRL (1.16) applies a correction by default
+    (``vllm_importance_sampling_correction``); token ``tis`` rather than TRL's sequence-level default
+    because a sequence's product ratio grows or shrinks exponentially with its length (long completions get
+    masked or dominate), while a token weight is bounded by ``tis_clip`` at any length. Where engine and
+    learner agree (``rho_t = 1``) every mode leaves the loss and its gradient unchanged."""
+    tis_clip: float = Field(2.0, gt=0.0)
+    """Upper truncation of the token weight in ``tis`` and ``seq_mask_tis`` (2.0, verl's default threshold
+    and the TIS paper's)."""
+    icepop_low: float = Field(0.5, ge=0.0)
+    """``icepop``: tokens whose ratio is below this are dropped (IcePop's 0.5)."""
+    icepop_high: float = Field(5.0, gt=0.0)
+    """``icepop``: tokens whose ratio is above this are dropped (IcePop's 5.0)."""
+    seq_mask_low: float = Field(0.999, ge=0.0)
+    """``seq_mask_tis``: sequences whose geometric-mean ratio is below this are dropped (verl's geometric
+    rejection default, 0.999)."""
+    seq_mask_high: float = Field(1.001, gt=0.0)
+    """``seq_mask_tis``: sequences whose geometric-mean ratio is above this are dropped (verl: 1.001)."""
+    bypass: bool = False
+    """Use the engines' logprobs as the PPO anchor (old logprobs): no learner pass recomputes them. Takes
+    precedence over ``learner.recompute_old_logprobs`` (which need not be changed). The clipped ratio is
+    then ``pi_theta / pi_engine`` itself, so ``mode`` must be ``none``; the ``rollout_corr/*`` metrics then
+    compare the learner's current logprobs (as each micro-batch is first trained on) with the engine's."""
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> RolloutCorrectionConfig:
+        for low, high in (("icepop_low", "icepop_high"), ("seq_mask_low", "seq_mask_high")):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} = {getattr(self, low)} must be < {high} = {getattr(self, high)}")
+        return self
+
+
 class AlgoConfig(_Section):
     preset: Literal["grpo", "dr_grpo", "dapo", "gspo"] = "grpo"
     """A named recipe filling the fields below (see ``PRESETS``); keys set explicitly win."""
@@ -247,6 +289,13 @@ class AlgoConfig(_Section):
     """Divide advantages by the group's std (``scale_rewards`` is accepted as an alias)."""
     adv_eps: float = Field(1e-6, gt=0.0)
     """Added to the group std before dividing."""
+    std_correction: int = Field(0, ge=0, le=1)
+    """Bessel correction of the group std that ``norm_adv_by_std`` divides by: 0, the population std
+    (ddof 0, grpo-dist's behaviour so far: existing runs reproduce), or 1, the sample std (ddof 1, as verl
+    and TRL compute it with ``torch.std``). For a group of G valid samples the ddof-1 advantages are
+    ``sqrt((G - 1) / G)`` times the ddof-0 ones (0.707 for G = 2, 0.935 for G = 8): only the scale of each
+    group's advantages changes, which with Adam mostly acts as a learning-rate change. No effect when
+    ``norm_adv_by_std`` is false."""
     kl_coef: float = Field(0.04, ge=0.0)
     """Weight of the KL penalty to the frozen reference model (0 disables the reference model)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
@@ -268,6 +317,8 @@ class AlgoConfig(_Section):
     """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts."""
     max_sampling_rounds: int = Field(3, ge=1)
     """Most generation rounds per step when ``dynamic_sampling`` refills the batch."""
+    rollout_correction: RolloutCorrectionConfig = Field(default_factory=RolloutCorrectionConfig)
+    """Correction for the rollout engines' logprobs differing from the learner's (see its fields)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -313,7 +364,8 @@ class LearnerConfig(_Section):
     micro_batch_size: int = Field(4, ge=1)
     """Sequences per rank per forward/backward (gradient accumulation fills the mini-batch)."""
     recompute_old_logprobs: bool = True
-    """Recompute the behaviour policy's logprobs on the learner (exact) instead of using the engine's."""
+    """Recompute the behaviour policy's logprobs on the learner (exact) instead of using the engine's
+    (``algo.rollout_correction.bypass = true`` overrides it)."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     max_nonfinite_steps: int = Field(3, ge=1)
@@ -504,6 +556,18 @@ def cross_field_errors(cfg: Config) -> list[str]:
             f"cluster.colocate = true pairs engine i with learner rank i on one GPU: needs "
             f"rollout.tensor_parallel_size = 1 (got {r.tensor_parallel_size}) and rollout.num_engines = "
             f"learner.num_ranks (got {r.num_engines} and {lrn.num_ranks})"
+        )
+    rc = a.rollout_correction
+    if rc.mode != "none" and (rc.bypass or not lrn.recompute_old_logprobs):
+        anchor = (
+            "algo.rollout_correction.bypass = true"
+            if rc.bypass
+            else "learner.recompute_old_logprobs = false (like algo.rollout_correction.bypass = true)"
+        )
+        errors.append(
+            f"{anchor} makes the engine's logprobs the PPO anchor, so the clipped ratio pi_theta / pi_engine "
+            f"already corrects for the engine and a correction weight would be 1: set "
+            f"algo.rollout_correction.mode = 'none' (got {rc.mode!r})"
         )
     if a.clip_ratio_c is not None and a.ratio_level == "sequence":
         errors.append("algo.clip_ratio_c (dual clip) is defined for token-level ratios; unset it for GSPO")

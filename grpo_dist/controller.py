@@ -395,6 +395,7 @@ class Trainer:
             scale_by_std=a.norm_adv_by_std,
             eps=a.adv_eps,
             baseline=a.baseline,
+            std_correction=a.std_correction,
         )
         return ScoredBatch(groups, adv, _rollout_metrics(groups, valid, rewards, self.cfg.data.max_response_length))
 
@@ -406,7 +407,7 @@ class Trainer:
         batch = collate(step.groups, step.advantages.flatten().float(), pad_token_id=pad)
         optimizer_steps = cfg.learner.ppo_epochs * (cfg.data.train_batch_size // cfg.learner.mini_batch_size)
         updates: dict[str, Any] = {}
-        if cfg.learner.recompute_old_logprobs and optimizer_steps > 1:
+        if cfg.learner.recompute_old_logprobs and not cfg.algo.rollout_correction.bypass and optimizer_steps > 1:
             updates["old_logprobs"] = self.learners.compute_logprobs(batch)
         if cfg.algo.kl_coef > 0:
             updates["ref_logprobs"] = self.learners.compute_logprobs(batch, reference=True)

@@ -1,9 +1,10 @@
 """Every sampled answer, per step, as parquet under ``RUN_DIR/rollouts/``.
 
 One row per completion: the prompt, the completion, the row's ground truth, each reward component, the
-total reward, the advantage, whether the sample counted, the finish reason, the weights version and the
-step: enough for anyone to recompute the rewards and advantages from the file alone (pyarrow, pandas,
-duckdb all read it).
+total reward, the advantage, whether the sample counted, the finish reason, the weights version, the step
+and the engine's per-token sampling logprobs: enough for anyone to recompute the rewards, the advantages
+and (against the learner's logprobs of the same tokens) the rollout/learner mismatch figures from the
+file alone (pyarrow, pandas, duckdb all read it).
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from typing import Any
 from grpo_dist.types import ScoredGroup
 
 COMPONENT_PREFIX = "reward_"
+LOGPROBS_COLUMN = "engine_logprobs"
 
 
 def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[float]]) -> list[dict[str, Any]]:
+    """One dict per completion, groups in order (``advantages[p][i]`` belongs to completion i of group p).
+
+    Columns: ``step``, ``prompt_id``, ``sample_index``, ``data_source``, ``prompt``, ``completion``,
+    ``ground_truth``, ``reward``, ``advantage``, ``valid``, ``finish_reason``, ``response_length``,
+    ``weights_version``, ``engine_index``, ``engine_logprobs`` (list of floats: the engine's sampling
+    logprob of each completion token, ``response_length`` of them) and ``reward_<name>`` per component.
+    """
     rows = []
     for scored, adv in zip(groups, advantages, strict=True):
         g = scored.group
@@ -36,6 +45,7 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
                 "response_length": len(completion.token_ids),
                 "weights_version": g.weights_version,
                 "engine_index": g.engine_index,
+                LOGPROBS_COLUMN: [float(x) for x in completion.logprobs],
             }
             for name, values in scored.components.items():
                 row[COMPONENT_PREFIX + name] = values[i]
@@ -51,6 +61,12 @@ def write_rollouts(run_dir: Path, step: int, rows: list[dict[str, Any]], *, name
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}_{step:06d}.parquet"
     tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    table = pa.Table.from_pylist(rows)
+    if LOGPROBS_COLUMN in table.column_names:
+        i = table.column_names.index(LOGPROBS_COLUMN)
+        if pa.types.is_null(table.schema.field(i).type.value_type):
+            # every completion of the step was empty: keep list<double> so that step files concatenate
+            table = table.set_column(i, LOGPROBS_COLUMN, table.column(i).cast(pa.list_(pa.float64())))
+    pq.write_table(table, tmp)
     tmp.replace(path)
     return path

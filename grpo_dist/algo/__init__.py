@@ -1,4 +1,4 @@
-"""Pure-torch GRPO algorithm core: advantages, log-probs, KL estimators and the policy loss.
+"""Pure-torch GRPO algorithm core: advantages, log-probs, KL estimators, rollout correction and the policy loss.
 
 Nothing here knows about Ray, vLLM or DeepSpeed; the learner and the rollout code call these functions
 on plain tensors, which keeps the maths unit-testable on a CPU.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from grpo_dist.algo.advantages import (
     BASELINES,
+    STD_CORRECTIONS,
     compute_advantages,
     group_reward_std,
     masked_group_advantages,
@@ -22,14 +23,24 @@ from grpo_dist.algo.aggregation import (
 from grpo_dist.algo.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_penalty
 from grpo_dist.algo.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, token_entropy, token_logprobs
 from grpo_dist.algo.losses import RATIO_LEVELS, importance_log_ratio, policy_loss
+from grpo_dist.algo.rollout_correction import (
+    CORRECTION_MODES,
+    MismatchStats,
+    mismatch_stats,
+    rollout_is_weights,
+    rollout_log_ratio,
+)
 
 __all__ = [
     "BASELINES",
+    "CORRECTION_MODES",
     "DEFAULT_CHUNK_SIZE",
     "KL_ESTIMATORS",
     "LOG_RATIO_CLAMP",
     "LOSS_AGG_MODES",
     "RATIO_LEVELS",
+    "STD_CORRECTIONS",
+    "MismatchStats",
     "aggregate_loss",
     "compute_advantages",
     "data_parallel_denominator",
@@ -38,7 +49,10 @@ __all__ = [
     "kl_penalty",
     "loss_denominator",
     "masked_group_advantages",
+    "mismatch_stats",
     "policy_loss",
+    "rollout_is_weights",
+    "rollout_log_ratio",
     "sequence_logprobs",
     "token_entropy",
     "token_logprobs",

@@ -15,6 +15,16 @@ import torch
 from grpo_dist.algo._checks import check_choice, check_finite_number
 
 BASELINES: tuple[str, ...] = ("mean", "loo")
+STD_CORRECTIONS: tuple[int, ...] = (0, 1)
+"""Bessel corrections of the group std: 0 is the population std, 1 the sample std (``torch.std``'s default)."""
+
+
+def _check_std_correction(std_correction: int) -> None:
+    if isinstance(std_correction, bool) or std_correction not in STD_CORRECTIONS:
+        raise ValueError(
+            f"std_correction={std_correction!r} is not supported; allowed values are {list(STD_CORRECTIONS)} "
+            "(0: population std, 1: sample std)"
+        )
 
 
 def _as_groups(rewards: torch.Tensor | Sequence[float], group_size: int | None) -> torch.Tensor:
@@ -71,20 +81,25 @@ def compute_advantages(
     scale_by_std: bool = True,
     eps: float = 1e-6,
     baseline: str = "mean",
+    std_correction: int = 0,
 ) -> torch.Tensor:
     """Group-normalised advantages, same shape as ``rewards``.
 
     ``baseline="mean"``: ``A_i = r_i - mean(r)`` (GRPO). ``baseline="loo"``: ``A_i = r_i - mean_{j != i} r_j``
     (RLOO's leave-one-out baseline, which keeps the baseline independent of the sample it scores; it equals
-    ``G / (G - 1) * (r_i - mean(r))``). With ``scale_by_std`` the result is divided by the group's
-    population std (ddof 0) plus ``eps``; Dr. GRPO argues for ``scale_by_std=False`` because the division
-    up-weights prompts that are nearly always solved or always failed.
+    ``G / (G - 1) * (r_i - mean(r))``). With ``scale_by_std`` the result is divided by the group's std plus
+    ``eps``: ``sqrt(sum_i (r_i - mean)^2 / (G - std_correction))``, the population std for
+    ``std_correction=0`` (ddof 0) or the sample std for ``1`` (ddof 1, ``torch.std``'s default, as verl and
+    TRL use); the ddof-1 advantages are ``sqrt((G - 1) / G)`` times the ddof-0 ones (up to ``eps``). Dr. GRPO
+    argues for ``scale_by_std=False`` because the division up-weights prompts that are nearly always solved
+    or always failed.
 
     A group whose rewards are all equal carries no learning signal; its advantages are exactly 0 (never
     NaN, never a rounding residue), whatever ``eps`` is.
     """
     check_choice("baseline", baseline, BASELINES)
     check_finite_number("eps", eps, minimum=0.0)
+    _check_std_correction(std_correction)
     input_shape = torch.as_tensor(rewards).shape
     r = _as_groups(rewards, group_size)  # [P, G]
     g = r.shape[1]
@@ -95,16 +110,20 @@ def compute_advantages(
         loo_mean = (r.sum(dim=-1, keepdim=True) - r) / (g - 1)  # [P, G]
         adv = r - loo_mean
     if scale_by_std:
-        std = r.std(dim=-1, correction=0, keepdim=True)  # [P, 1]
+        std = r.std(dim=-1, correction=std_correction, keepdim=True)  # [P, 1]
         adv = adv / (std + eps)
     adv = torch.where(_zero_std(r).unsqueeze(-1), torch.zeros_like(adv), adv)  # [P, G]
     return adv.reshape(input_shape)
 
 
-def group_reward_std(rewards: torch.Tensor | Sequence[float], group_size: int | None = None) -> torch.Tensor:
-    """``[num_prompts]`` population std (ddof 0) of each group's rewards, as used by ``scale_by_std``."""
+def group_reward_std(
+    rewards: torch.Tensor | Sequence[float], group_size: int | None = None, *, std_correction: int = 0
+) -> torch.Tensor:
+    """``[num_prompts]`` std of each group's rewards, as used by ``scale_by_std``: population (ddof 0) for
+    ``std_correction=0``, sample (ddof 1) for ``1``; exactly 0 for a group of identical rewards."""
+    _check_std_correction(std_correction)
     r = _as_groups(rewards, group_size)  # [P, G]
-    std = r.std(dim=-1, correction=0)  # [P]
+    std = r.std(dim=-1, correction=std_correction)  # [P]
     return torch.where(_zero_std(r), torch.zeros_like(std), std)
 
 
@@ -124,13 +143,16 @@ def masked_group_advantages(
     scale_by_std: bool = True,
     eps: float = 1e-6,
     baseline: str = "mean",
+    std_correction: int = 0,
 ) -> torch.Tensor:
     """``[P, G]`` advantages where only ``valid`` samples form each group's statistics.
 
     A sample masked by the reward failure policy has no reward (NaN): it must neither shift its group's
     baseline nor receive a gradient, so its advantage is 0 and the group is normalised over the valid
-    samples alone. A group with fewer than 2 valid samples has no relative signal: all zeros.
+    samples alone (G in the std is the number of valid samples). A group with fewer than 2 valid samples
+    has no relative signal: all zeros (never the NaN a sample std of one value would give).
     """
+    _check_std_correction(std_correction)
     r = torch.as_tensor(rewards, dtype=torch.float64)  # [P, G]
     ok = torch.as_tensor(valid, dtype=torch.bool)  # [P, G]
     if r.shape != ok.shape or r.dim() != 2:
@@ -138,11 +160,18 @@ def masked_group_advantages(
     out = torch.zeros_like(r)
     full = ok.all(dim=-1)  # [P] the common case: one batched call
     if full.any():
-        out[full] = compute_advantages(r[full], scale_by_std=scale_by_std, eps=eps, baseline=baseline)
+        out[full] = compute_advantages(
+            r[full], scale_by_std=scale_by_std, eps=eps, baseline=baseline, std_correction=std_correction
+        )
     for p in torch.nonzero(~full).flatten().tolist():
         idx = torch.nonzero(ok[p]).flatten()
         if idx.numel() >= 2:
             out[p, idx] = compute_advantages(
-                r[p, idx], idx.numel(), scale_by_std=scale_by_std, eps=eps, baseline=baseline
+                r[p, idx],
+                idx.numel(),
+                scale_by_std=scale_by_std,
+                eps=eps,
+                baseline=baseline,
+                std_correction=std_correction,
             )
     return out

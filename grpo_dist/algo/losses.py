@@ -7,6 +7,7 @@ One function covers the published variants through options rather than separate 
 * GSPO (``ratio_level="sequence"``): one length-normalised importance ratio per sequence.
 * KL inside the per-token objective (DeepSeekMath) with the k1/k2/k3 estimators of ``kl.py``.
 * The aggregation modes of ``aggregation.py`` (DAPO token-mean, GRPO seq-mean-token-mean, Dr. GRPO).
+* Rollout-correction weights of ``rollout_correction.py`` (TIS, IcePop, ...) on the policy-gradient term.
 
 Masked-out positions never influence the loss or its gradient: every per-token input is replaced by 0
 there with ``where`` before any arithmetic, so padding garbage (even inf or NaN) cannot leak in through
@@ -52,7 +53,10 @@ def importance_log_ratio(
     That has value ``log s_i`` and gradient ``d lp_t`` at each token, so with per-sequence advantages and
     ``seq-mean-token-mean`` aggregation the loss and its gradient are exactly GSPO's sequence objective
     (``d s_i = s_i * mean_t d lp_t``), and it stays correct if advantages are per-token (GSPO-token).
-    Both are clamped to +-``LOG_RATIO_CLAMP`` (the gradient of a clamped token is 0).
+    Both are clamped to +-``LOG_RATIO_CLAMP`` and the gradient past the clamp is 0: per token for
+    ``token``; for ``sequence`` every token of a sequence whose ``|log s_i|`` exceeds the clamp, through the
+    indicator in ``sg[clamp(log s_i)] + 1[|log s_i| <= LOG_RATIO_CLAMP] * (lp - sg[lp])`` (at the bound
+    itself the gradient is the unclamped one).
     """
     check_choice("ratio_level", ratio_level, RATIO_LEVELS)
     valid = mask.bool()  # [B, T]
@@ -60,9 +64,11 @@ def importance_log_ratio(
     if ratio_level == "token":
         return token_lr.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     lengths = valid.sum(dim=-1, keepdim=True).clamp(min=1).to(token_lr.dtype)  # [B, 1]
-    seq_lr = (token_lr.sum(dim=-1, keepdim=True) / lengths).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, 1]
+    seq_lr = (token_lr.sum(dim=-1, keepdim=True) / lengths).detach()  # [B, 1]
+    inside = (seq_lr.abs() <= LOG_RATIO_CLAMP).to(token_lr.dtype)  # [B, 1]; 0 past the clamp: no gradient
     lp = _masked(logprobs, valid)  # [B, T]
-    return _masked(seq_lr.detach() + lp - lp.detach(), valid)  # [B, T]
+    clamped = seq_lr.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, 1]
+    return _masked(clamped + inside * (lp - lp.detach()), valid)  # [B, T]
 
 
 def _check_policy_loss_args(
@@ -72,6 +78,7 @@ def _check_policy_loss_args(
     mask: torch.Tensor,
     ref_logprobs: torch.Tensor | None,
     entropy: torch.Tensor | None,
+    rollout_is_weights: torch.Tensor | None,
     *,
     clip_ratio_low: float,
     clip_ratio_high: float,
@@ -84,7 +91,12 @@ def _check_policy_loss_args(
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must have shape [B, T], got shape {tuple(logprobs.shape)}")
     check_same_shape("mask", mask, "logprobs", logprobs)
-    for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs), ("entropy", entropy)):
+    for name, t in (
+        ("old_logprobs", old_logprobs),
+        ("ref_logprobs", ref_logprobs),
+        ("entropy", entropy),
+        ("rollout_is_weights", rollout_is_weights),
+    ):
         if t is not None:
             check_same_shape(name, t, "logprobs", logprobs)
     if advantages.shape not in (logprobs.shape[:1], logprobs.shape):
@@ -124,6 +136,7 @@ def policy_loss(
     entropy_coef: float = 0.0,
     max_response_length: int | None = None,
     loss_scale_denominator: float | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO loss to minimise and its metrics.
 
@@ -138,6 +151,10 @@ def policy_loss(
       importance ratio (per token, or per sequence for ``ratio_level="sequence"``, see
       ``importance_log_ratio``); with ``clip_ratio_c`` (> 1), tokens with ``A < 0`` are further capped at
       ``-A * clip_ratio_c`` (dual clip) so a huge ratio on a bad token cannot dominate the step.
+    * ``rollout_is_weights`` ``[B, T]`` (optional, treated as data): the rollout correction's per-token
+      weights (``rollout_correction.rollout_is_weights``); each token's policy-gradient term above is
+      multiplied by its weight. A weight of 0 drops the token from the numerator while the denominators
+      (token or sequence counts) are unchanged, so split invariance holds.
     * ``+ kl_coef * kl_penalty(lp, ref, kl_estimator)`` and ``- entropy_coef * entropy``.
 
     ``loss_scale_denominator``: ``None`` normalises by this micro-batch (a plain mean). For gradient
@@ -156,7 +173,7 @@ def policy_loss(
     ``entropy`` (if given), ``num_tokens``, ``num_sequences`` (non-empty ones).
     """
     _check_policy_loss_args(
-        logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy,
+        logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, rollout_is_weights,
         clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_c=clip_ratio_c,
         ratio_level=ratio_level, kl_coef=kl_coef, kl_estimator=kl_estimator, entropy_coef=entropy_coef,
     )  # fmt: skip
@@ -187,6 +204,8 @@ def policy_loss(
             pg = torch.where(adv < 0, torch.minimum(pg, cap), pg)
         with torch.no_grad():
             approx_kl = _masked_mean(0.5 * (lp - old).square(), valid)
+    if rollout_is_weights is not None:
+        pg = pg * _masked(rollout_is_weights.detach().to(lp.dtype), valid)  # [B, T]
 
     objective = pg  # [B, T]
     kl = None

@@ -198,22 +198,20 @@ class LearnerWorker:
         num_skipped = 0
         # One optimizer step per training step means the policy has not moved when the loss is computed:
         # the learner's own logprobs are then exactly the old ones and need no extra forward pass.
-        reuse_current = batch.old_logprobs is None and lc.recompute_old_logprobs
-        for _epoch in range(lc.ppo_epochs):
+        reuse_current = batch.old_logprobs is None and lc.recompute_old_logprobs and not ac.rollout_correction.bypass
+        mismatch = algo.MismatchStats.empty(self.device)  # every token once: measured in the first epoch
+        for epoch in range(lc.ppo_epochs):
             for m in range(self.num_minibatches):
                 mini = batch.select(slice(m * per_mini, (m + 1) * per_mini))
                 local = sum(algo.loss_denominator(mb.loss_mask, ac.loss_agg_mode) for mb in self._micro_batches(mini))
-                total = torch.tensor([float(local)], dtype=torch.float64)
+                total = torch.tensor([float(local)], dtype=torch.float64, device=self.device)
                 dist.all_reduce(total)
                 denominator = algo.data_parallel_denominator(float(total.item()), world_size=self.world_size)
                 for micro in self._micro_batches(mini):
                     lp, entropy = self._forward_logprobs(engine, micro, with_entropy=True)
-                    if reuse_current:
-                        old = lp.detach()
-                    elif micro.old_logprobs is not None:
-                        old = micro.old_logprobs.to(lp)
-                    else:
-                        old = micro.engine_logprobs.to(lp)
+                    old, is_weights, stats = self._anchor(lp, micro, reuse_current=reuse_current, measure=epoch == 0)
+                    if stats is not None:
+                        mismatch = mismatch.merged(stats)
                     loss, metrics = algo.policy_loss(
                         lp,
                         old,
@@ -231,6 +229,7 @@ class LearnerWorker:
                         entropy_coef=ac.entropy_coef,
                         max_response_length=self.cfg.data.max_response_length,
                         loss_scale_denominator=denominator,
+                        rollout_is_weights=is_weights,
                     )
                     engine.backward(loss, scale_wrt_gas=False)
                     engine.step()
@@ -256,7 +255,55 @@ class LearnerWorker:
         out["lr"] = float(engine.get_lr()[0])
         out["num_skipped_updates"] = float(num_skipped)
         out["consecutive_nonfinite"] = float(self.consecutive_nonfinite)
+        out.update(self._global_mismatch(mismatch))
         return out
+
+    def _anchor(
+        self, lp: torch.Tensor, micro: TrainBatch, *, reuse_current: bool, measure: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, algo.MismatchStats | None]:
+        """A micro-batch's PPO anchor (old logprobs ``[n, T]``), its rollout-correction weights (``[n, T]``,
+        None for mode ``none``) and, if ``measure``, its rollout/learner mismatch statistics.
+
+        The anchor is the learner's own current logprobs when the policy has not moved (``reuse_current``),
+        else the recomputed old ones, else (``algo.rollout_correction.bypass``, or no recomputation) the
+        engine's. The correction and the mismatch compare the learner's side with the engine's: the anchor,
+        or the current logprobs where the anchor is the engine's itself.
+        """
+        rc = self.cfg.algo.rollout_correction
+        engine_lp = micro.engine_logprobs.to(lp)
+        mask = micro.loss_mask.to(lp)
+        engine_anchor = not reuse_current and (micro.old_logprobs is None or rc.bypass)
+        if reuse_current:
+            old = lp.detach()
+        elif engine_anchor:
+            old = engine_lp
+        else:
+            assert micro.old_logprobs is not None
+            old = micro.old_logprobs.to(lp)
+        learner_lp = lp.detach() if engine_anchor else old
+        weights, affected = algo.rollout_is_weights(
+            learner_lp,
+            engine_lp,
+            mask,
+            mode=rc.mode,
+            tis_clip=rc.tis_clip,
+            icepop_low=rc.icepop_low,
+            icepop_high=rc.icepop_high,
+            seq_mask_low=rc.seq_mask_low,
+            seq_mask_high=rc.seq_mask_high,
+        )
+        stats = algo.mismatch_stats(learner_lp, engine_lp, mask, affected) if measure else None
+        return old, None if rc.mode == "none" else weights, stats
+
+    def _global_mismatch(self, mismatch: algo.MismatchStats) -> dict[str, float]:
+        """The ``rollout_corr/*`` figures over every rank's tokens: sums all-reduced with SUM, maxima with MAX,
+        so every rank returns the same exact figures (and the group's mean over ranks keeps them)."""
+        import deepspeed.comm as dist
+
+        sums, maxima = mismatch.sums.clone(), mismatch.maxima.clone()
+        dist.all_reduce(sums)
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
+        return algo.MismatchStats(sums, maxima).metrics()
 
     # ---------------------------------------------------------------------------------------- weight sync
 

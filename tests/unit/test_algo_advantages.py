@@ -150,3 +150,74 @@ def test_masked_group_advantages_ignore_invalid_samples() -> None:
     assert torch.allclose(adv[1], expected)
     assert torch.equal(adv[2], torch.zeros(4, dtype=adv.dtype))  # one valid sample: no relative signal
     assert not torch.isnan(adv).any()
+
+
+# --------------------------------------------------------------------------------------- std_correction
+
+
+def test_sample_std_correction_hand_example() -> None:
+    # [0, 1, 2]: sample std (ddof 1) is 1, so the advantages are r - mean
+    adv = compute_advantages(torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64), eps=0.0, std_correction=1)
+    torch.testing.assert_close(adv, torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64))
+
+
+def test_group_of_two_is_scaled_by_sqrt_one_half() -> None:
+    r = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    ddof0 = compute_advantages(r, std_correction=0)
+    ddof1 = compute_advantages(r, std_correction=1)
+    torch.testing.assert_close(ddof0, torch.tensor([[1.0, -1.0]], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ddof1, torch.tensor([[0.7071, -0.7071]], dtype=torch.float64), atol=1e-4, rtol=0)
+    exact = compute_advantages(r, eps=0.0, std_correction=1) / compute_advantages(r, eps=0.0)
+    torch.testing.assert_close(exact, torch.full((1, 2), math.sqrt(1 / 2), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("baseline", ["mean", "loo"])
+@pytest.mark.parametrize("g", [2, 3, 8])
+def test_ddof1_is_sqrt_g_minus_1_over_g_times_ddof0(baseline: str, g: int) -> None:
+    r = torch.randn(5, g, generator=torch.Generator().manual_seed(g), dtype=torch.float64)
+    ddof0 = compute_advantages(r, eps=0.0, baseline=baseline, std_correction=0)
+    ddof1 = compute_advantages(r, eps=0.0, baseline=baseline, std_correction=1)
+    torch.testing.assert_close(ddof1, ddof0 * math.sqrt((g - 1) / g))
+    torch.testing.assert_close(
+        group_reward_std(r, std_correction=1), group_reward_std(r, std_correction=0) * math.sqrt(g / (g - 1))
+    )
+    # without std scaling the correction has nothing to act on
+    torch.testing.assert_close(
+        compute_advantages(r, scale_by_std=False, std_correction=1), compute_advantages(r, scale_by_std=False)
+    )
+
+
+def test_std_correction_is_exact_zero_for_identical_rewards() -> None:
+    r = torch.tensor([[0.3, 0.3, 0.3]])
+    assert torch.equal(compute_advantages(r, std_correction=1), torch.zeros(1, 3))
+    assert group_reward_std(r, std_correction=1).item() == 0.0
+
+
+@pytest.mark.parametrize("std_correction", [0, 1])
+def test_masked_groups_with_std_correction(std_correction: int) -> None:
+    from grpo_dist.algo import masked_group_advantages
+
+    nan = float("nan")
+    rewards = torch.tensor([[1.0, nan, 3.0, 5.0], [nan, 1.0, nan, nan], [1.0, 0.0, nan, nan]])
+    valid = ~torch.isnan(rewards)
+    adv = masked_group_advantages(rewards, valid, eps=0.0, std_correction=std_correction)
+    # group 0 over {1, 3, 5}: sum of squares 8 over (3 - ddof)
+    std = (8 / (3 - std_correction)) ** 0.5
+    torch.testing.assert_close(adv[0], torch.tensor([-2 / std, 0.0, 0.0, 2 / std], dtype=adv.dtype))
+    assert torch.equal(adv[1], torch.zeros(4, dtype=adv.dtype))  # a group of one valid sample: no NaN, zeros
+    # two valid samples of four: the factor is that of G = 2
+    factor = math.sqrt(1 / 2) if std_correction else 1.0
+    torch.testing.assert_close(adv[2], torch.tensor([factor, -factor, 0.0, 0.0], dtype=adv.dtype))
+
+
+@pytest.mark.parametrize("bad", [2, -1, True])
+def test_invalid_std_correction_is_rejected(bad: int) -> None:
+    from grpo_dist.algo import masked_group_advantages
+
+    r = torch.tensor([[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"std_correction=.*allowed values are \[0, 1\]"):
+        compute_advantages(r, std_correction=bad)
+    with pytest.raises(ValueError, match="std_correction"):
+        group_reward_std(r, std_correction=bad)
+    with pytest.raises(ValueError, match="std_correction"):
+        masked_group_advantages(r, torch.ones(1, 2, dtype=torch.bool), std_correction=bad)

@@ -142,6 +142,43 @@ def _gspo_sequence_objective(
     return per_seq[keep].sum() / keep.sum().clamp(min=1)
 
 
+@pytest.mark.parametrize("mean_log_ratio", [19.5, 20.0])
+def test_gspo_gradient_inside_the_clamp_is_the_unclamped_one(mean_log_ratio: float) -> None:
+    """A < 0 without dual clip takes the unclipped branch: up to the clamp (bound included) the loss and
+    its gradient are the paper's sequence objective's."""
+    old = torch.zeros(2, 3, dtype=F64)
+    lp = _leaf(_t([[mean_log_ratio - 1.0, mean_log_ratio + 1.0, 0.0], [-0.5, -0.2, -0.1]]))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([-1.0, 0.5], dtype=F64)
+    loss, _ = policy_loss(lp, old, adv, mask, ratio_level="sequence", loss_agg_mode="seq-mean-token-mean")
+    expected = _gspo_sequence_objective(lp, old, adv, mask, 0.2, 0.2)
+    torch.testing.assert_close(loss, expected)
+    grad = _grad(loss, lp)
+    torch.testing.assert_close(grad, _grad(expected, lp))
+    assert grad[0, 0] == pytest.approx(math.exp(mean_log_ratio) / 2 / 2)  # s_0 / |y_0| / 2 sequences
+
+
+@pytest.mark.parametrize("agg", LOSS_AGG_MODES)
+def test_gspo_gradient_past_the_clamp_is_zero(agg: str) -> None:
+    """Mean log ratio 25 (past +-LOG_RATIO_CLAMP = 20): the value is the clamped ratio exp(20) (finite), and no
+    gradient flows through that sequence, for A < 0 (unclipped branch, no dual clip) and for A > 0."""
+    old = torch.zeros(3, 2, dtype=F64)
+    lp = _leaf(_t([[24.0, 26.0], [-25.0, -25.0], [-0.3, -0.1]]))  # sequence means 25, -25, -0.2
+    adv = torch.tensor([-1.0, 1.0, 1.0], dtype=F64)
+    mask = torch.ones(3, 2)
+    loss, _ = policy_loss(lp, old, adv, mask, ratio_level="sequence", loss_agg_mode=agg, max_response_length=2)
+    assert torch.isfinite(loss)
+    grad = _grad(loss, lp)
+    assert torch.equal(grad[:2], torch.zeros(2, 2, dtype=F64))
+    assert (grad[2] != 0).all()  # the sequence inside the clamp still learns
+    # the clamped sequence contributes exp(20) (A = -1), not exp(25): e.g. token-mean (2 e^20 + ...) / 6
+    if agg == "token-mean":
+        lp_only = _leaf(lp.detach()[:1])
+        alone, _ = policy_loss(lp_only, old[:1], adv[:1], mask[:1], ratio_level="sequence", loss_agg_mode=agg)
+        torch.testing.assert_close(alone, torch.tensor(math.exp(20.0), dtype=F64))
+        assert torch.equal(_grad(alone, lp_only), torch.zeros(1, 2, dtype=F64))
+
+
 @settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 2**16), b=st.integers(1, 5), t=st.integers(1, 6), low=st.sampled_from([0.1, 0.2]))
 def test_gspo_matches_the_sequence_objective_value_and_gradient(seed: int, b: int, t: int, low: float) -> None:

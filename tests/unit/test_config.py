@@ -183,3 +183,53 @@ def test_yaml_1_1_words_stay_strings() -> None:
 def test_unknown_builtin_reward_name_rejected() -> None:
     msg = _errors(["reward.functions=[{name: exact_mtch}]"])
     assert "reward.functions.0.name = 'exact_mtch' is not a built-in" in msg
+
+
+def test_rollout_correction_and_std_correction_defaults() -> None:
+    cfg = parse_config({})
+    rc = cfg.algo.rollout_correction
+    assert (rc.mode, rc.tis_clip, rc.icepop_low, rc.icepop_high) == ("tis", 2.0, 0.5, 5.0)
+    assert (rc.seq_mask_low, rc.seq_mask_high, rc.bypass) == (0.999, 1.001, False)
+    assert cfg.algo.std_correction == 0
+    overridden = parse_config(
+        apply_overrides({}, ["algo.rollout_correction.mode=icepop", "algo.std_correction=1"])
+    ).algo
+    assert (overridden.rollout_correction.mode, overridden.std_correction) == ("icepop", 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["algo.rollout_correction.mode=trunc"], "algo.rollout_correction.mode = 'trunc'"),
+        (["algo.rollout_correction.tis_clip=0"], "algo.rollout_correction.tis_clip = 0"),
+        (
+            ["algo.rollout_correction.icepop_low=6.0"],
+            "algo.rollout_correction: icepop_low = 6.0 must be < icepop_high = 5.0",
+        ),
+        (
+            ["algo.rollout_correction.seq_mask_high=0.99"],
+            "algo.rollout_correction: seq_mask_low = 0.999 must be < seq_mask_high = 0.99",
+        ),
+        (["algo.std_correction=2"], "algo.std_correction = 2"),
+        (["algo.std_correction=true"], "algo.std_correction = True: Input should be a valid integer"),
+        (["algo.rollout_correction.mdoe=tis"], "did you mean 'mode'?"),
+    ],
+)
+def test_correction_fields_are_validated(overrides: list[str], expected: str) -> None:
+    assert expected in _errors(overrides)
+
+
+def test_bypass_needs_mode_none_and_wins_over_recompute() -> None:
+    msg = _errors(["algo.rollout_correction.bypass=true"])
+    assert "algo.rollout_correction.bypass = true makes the engine's logprobs the PPO anchor" in msg
+    assert "set algo.rollout_correction.mode = 'none' (got 'tis')" in msg
+    # without recomputation the engine's logprobs are the anchor too
+    msg = _errors(["learner.recompute_old_logprobs=false", "algo.rollout_correction.mode=icepop"])
+    assert "learner.recompute_old_logprobs = false (like algo.rollout_correction.bypass = true)" in msg
+    assert "(got 'icepop')" in msg
+    # bypass with the default learner.recompute_old_logprobs = true is accepted: bypass takes precedence
+    cfg = parse_config(
+        apply_overrides({}, ["algo.rollout_correction.bypass=true", "algo.rollout_correction.mode=none"])
+    )
+    assert cfg.algo.rollout_correction.bypass and cfg.learner.recompute_old_logprobs
+    parse_config(apply_overrides({}, ["learner.recompute_old_logprobs=false", "algo.rollout_correction.mode=none"]))

@@ -1,4 +1,5 @@
-"""The per-sample rollout log: schema, and enough to recompute rewards and advantages from the file."""
+"""The per-sample rollout log: schema, and enough to recompute rewards, advantages and the engine's
+per-token logprobs from the file."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ def _group(pid: int, texts: list[str], rewards: list[float], batch_index: int) -
     )
     completions = [
         Completion(
-            token_ids=list(range(len(t))), logprobs=[-0.5] * len(t), finish_reason="stop" if t else "length", text=t
+            token_ids=list(range(len(t))),
+            logprobs=[-0.5 - 0.25 * j for j in range(len(t))],
+            finish_reason="stop" if t else "length",
+            text=t,
         )
         for t in texts
     ]
@@ -52,6 +56,7 @@ def test_schema_and_recomputable_advantages(tmp_path: Path) -> None:
         "reward_exact_match": pa.float64(),
         "data_source": pa.string(),
         "engine_index": pa.int64(),
+        "engine_logprobs": pa.list_(pa.float64()),
     }
     for name, typ in expected.items():
         assert table.schema.field(name).type == typ, name
@@ -65,4 +70,19 @@ def test_schema_and_recomputable_advantages(tmp_path: Path) -> None:
     recomputed = compute_advantages(rewards).flatten()
     assert torch.allclose(recomputed, torch.tensor([r["advantage"] for r in rows], dtype=recomputed.dtype))
     assert [r["reward"] for r in rows] == [r["reward_exact_match"] for r in rows]
+    # the engine's sampling logprob of every completion token, in order (an empty completion has none)
+    assert [r["engine_logprobs"] for r in rows[4:6]] == [[-0.5, -0.75], [-0.5]]
+    assert rows[3]["engine_logprobs"] == []
+    assert all(len(r["engine_logprobs"]) == r["response_length"] for r in rows)
     assert not list((tmp_path / "rollouts").glob("*.tmp"))
+
+
+def test_engine_logprobs_column_keeps_its_type_when_every_completion_is_empty(tmp_path: Path) -> None:
+    groups = [_group(1, ["", ""], [0.0, 0.0], 0)]
+    path = write_rollouts(tmp_path, 1, rollout_rows(1, groups, [[0.0, 0.0]]))
+    table = pq.read_table(path)
+    assert table.schema.field("engine_logprobs").type == pa.list_(pa.float64())
+    assert table.column("engine_logprobs").to_pylist() == [[], []]
+    # so that it concatenates with a step that has tokens
+    other = pq.read_table(write_rollouts(tmp_path, 2, rollout_rows(2, [_group(1, ["7"], [1.0], 0)], [[0.0]])))
+    assert pa.concat_tables([table, other]).column("engine_logprobs").to_pylist() == [[], [], [-0.5]]
