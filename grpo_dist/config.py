@@ -79,7 +79,8 @@ class DataConfig(_Section):
     ``{role, content}``), ``ground_truth`` (string, optional), ``data_source`` (string, optional),
     ``extra_info`` (object, optional). Empty means the embedded task's generated train set."""
     eval_files: list[str] = Field(default_factory=list)
-    """Held-out datasets, same schema. Empty means the embedded task's held-out set."""
+    """Held-out datasets, same schema. Empty: the embedded task's held-out set when ``train_files`` is
+    empty too (the embedded run), and no held-out evaluation when ``train_files`` is set."""
     train_batch_size: int = Field(8, ge=1)
     """Prompts per training step; each gets ``rollout.num_generations`` completions."""
     max_prompt_length: int = Field(64, ge=1)
@@ -388,6 +389,17 @@ class SyncConfig(_Section):
     """How many weight versions an engine may lag behind the learner (0: strictly on-policy)."""
     verify: bool = True
     """Compare a checksum of the engines' weights with the learner's after each sync."""
+    probe_every: int = Field(1, ge=0)
+    """Every N-th sync (and at start), check behaviour: the engines score a small fixed probe of token
+    sequences and their logprobs must equal the learner's within ``probe_tolerance``, otherwise the run
+    stops with a checkpoint, naming the engine and the worst token. 0 disables the check."""
+    probe_tolerance: float | None = Field(None, gt=0.0)
+    """Largest allowed per-token |logprob difference| engine vs learner on the probe. None: by dtype,
+    1e-4 in float32, 0.25 in bfloat16, 0.1 in float16 (see ``grpo_dist.sync.probe`` for the measurements)."""
+    probe_num_sequences: int = Field(4, ge=1)
+    """Sequences in the probe (built from the run's own training prompts)."""
+    probe_length: int = Field(64, ge=2)
+    """Tokens per probe sequence (capped below the engines' context)."""
 
 
 class TrainerConfig(_Section):

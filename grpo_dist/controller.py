@@ -115,9 +115,14 @@ class Trainer:
         train_files, eval_files = resolve_data_files(cfg)
         # all data is read and checked before any actor starts
         self.train_prompts, train_stats = load_prompts(train_files, self.tokenizer, cfg.data, source="train")
-        self.eval_prompts, _ = load_prompts(eval_files, self.tokenizer, cfg.data, source="eval")
-        if cfg.eval.max_prompts:
-            self.eval_prompts = self.eval_prompts[: cfg.eval.max_prompts]
+        self.eval_prompts: list[Prompt] = []
+        if eval_files:
+            self.eval_prompts, _ = load_prompts(eval_files, self.tokenizer, cfg.data, source="eval")
+            if cfg.eval.max_prompts:
+                self.eval_prompts = self.eval_prompts[: cfg.eval.max_prompts]
+            logger.info("held-out evaluation: %d prompts from %s", len(self.eval_prompts), ", ".join(eval_files))
+        else:
+            logger.info("held-out evaluation: none (data.train_files is set and data.eval_files is empty)")
         self.data_metrics = {f"data/{k}": v for k, v in train_stats.metrics().items()}
         # reward functions are imported and their kwargs checked here, before any actor starts
         from grpo_dist.reward import resolve
@@ -181,7 +186,20 @@ class Trainer:
                 )
         self.engines.wait_ready()
         if training:
-            self.weight_sync = WeightSync(cfg, self.learners, self.engines, device=self.device)
+            from grpo_dist.sync.probe import make_probe
+
+            probe = make_probe(
+                [p.token_ids for p in self.train_prompts[: 4 * cfg.sync.probe_num_sequences]],
+                num_sequences=cfg.sync.probe_num_sequences,
+                length=min(cfg.sync.probe_length, max_model_len - 1),  # the engine scores it as a prompt + 1 token
+            )
+            self.weight_sync = WeightSync(
+                cfg, self.learners, self.engines, device=self.device, probe=probe, dtype=self.engines.dtype
+            )
+            if self.weight_sync.probe is not None:
+                # before any update: do the engines and the learner compute the same model at all?
+                worst = self.weight_sync.check_behaviour(self.weights_version)
+                logger.info("engines agree with the learner on the probe: %s", worst.describe())
             self.metrics = metrics.MetricsLogger(
                 cfg, self.run_dir, total_steps=cfg.trainer.total_steps, initial_step=self.start_step - 1
             )
@@ -425,6 +443,8 @@ class Trainer:
         from grpo_dist.rollout.engine import SamplingSpec
 
         e, d = self.cfg.eval, self.cfg.data
+        if not self.eval_prompts:
+            raise ValueError("no held-out prompts to evaluate: set data.eval_files")
         t0 = time.perf_counter()
         sampled_spec = SamplingSpec(
             n=e.num_samples,

@@ -99,9 +99,12 @@ def resolve_model_path(cfg: Config) -> str:
 
 
 def resolve_data_files(cfg: Config) -> tuple[list[str], list[str]]:
+    """The run's train and held-out files. Without ``data.train_files`` the run is the embedded task, and
+    its held-out set is the default evaluation; a run on the user's data evaluates the user's
+    ``data.eval_files`` or nothing (the embedded arithmetic task says nothing about the user's model)."""
     train, evals = list(cfg.data.train_files), list(cfg.data.eval_files)
-    if not train or not evals:
+    if not train:
         default_train, default_eval = ensure_task_data()
-        train = train or [str(default_train)]
+        train = [str(default_train)]
         evals = evals or [str(default_eval)]
     return train, evals

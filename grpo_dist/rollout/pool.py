@@ -98,6 +98,11 @@ class EnginePool:
     def num_engines(self) -> int:
         return len(self.actors)
 
+    @property
+    def dtype(self) -> str:
+        """What the engines compute in (a torch dtype name)."""
+        return self._engine_kwargs["dtype"]
+
     def wait_ready(self) -> list[dict[str, Any]]:
         return self.call_all("info", timeout_s=self.cfg.rollout.request_timeout_s, what="engine start-up")
 

@@ -5,6 +5,10 @@ bucket over the configured transport; each engine reports a checksum per bucket,
 learner's, and only then does its version advance. A sync that does not finish within
 ``sync.timeout_s`` fails with an error that names the engines that did not answer (and which of them no
 longer respond at all), never a hang.
+
+Checksums prove what an engine received, not what it computes: every ``sync.probe_every``-th sync the
+engines also score a small fixed probe and their logprobs must equal the learner's within the dtype's
+tolerance (``grpo_dist.sync.probe``); otherwise the sync fails naming the engine and the worst token.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
 from grpo_dist.learner.group import LearnerGroup
 from grpo_dist.rollout.pool import EnginePool
+from grpo_dist.sync.probe import ProbeDiff, compare, default_tolerance
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +31,24 @@ class WeightSyncError(RuntimeError):
 
 
 class WeightSync:
-    def __init__(self, cfg: Config, learners: LearnerGroup, engines: EnginePool, *, device: str) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        learners: LearnerGroup,
+        engines: EnginePool,
+        *,
+        device: str,
+        probe: list[list[int]] | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        """``probe``: the token sequences of the behavioural check (None disables it); ``dtype``: what
+        the engines compute in, which sets the check's default tolerance."""
         self.cfg = cfg
         self.learners = learners
         self.engines = engines
+        self.probe = probe if cfg.sync.probe_every > 0 else None
+        self.tolerance = cfg.sync.probe_tolerance or default_tolerance(dtype)
+        self.num_syncs = 0
         self.transport = cfg.sync.transport
         self.plan = learners.weight_plan()
         self.num_bytes = sum(b.nbytes for b in self.plan)
@@ -92,11 +111,42 @@ class WeightSync:
                         f"from the learner's; its weights are not the learner's"
                     )
         seconds = time.perf_counter() - start
-        return {
+        out = {
             "timing/sync_s": seconds,
             "sync/gb_per_s": self.num_bytes / max(seconds, 1e-9) / 1e9,
             "sync/bytes": float(self.num_bytes),
         }
+        self.num_syncs += 1
+        if self.probe is not None and (self.num_syncs - 1) % self.cfg.sync.probe_every == 0:
+            t0 = time.perf_counter()
+            worst = self.check_behaviour(version)
+            out["sync/probe_max_diff"] = worst.max_abs
+            out["sync/probe_mean_diff"] = worst.mean_abs
+            out["timing/sync_probe_s"] = time.perf_counter() - t0
+        return out
+
+    def check_behaviour(self, version: int) -> ProbeDiff:
+        """Every engine scores the probe and must agree with the learner within the tolerance; returns the
+        worst difference over the engines, or raises ``WeightSyncError`` naming the engine."""
+        assert self.probe is not None
+        timeout = self.cfg.sync.timeout_s
+        refs = [e.sequence_logprobs.remote(self.probe) for e in self.engines.actors]
+        learner = self.learners.sequence_logprobs(self.probe)  # runs while the engines score
+        try:
+            scored = wait_all(refs, timeout_s=timeout, what=f"probe after sync {version}", names=self.engines.names)
+        except TimeoutError as exc:
+            raise WeightSyncError(f"{exc}{self._unresponsive_note()}") from None
+        worst: ProbeDiff | None = None
+        for name, engine in zip(self.engines.names, scored):
+            diff = compare(self.probe, engine, learner)
+            if not diff.max_abs <= self.tolerance:
+                raise WeightSyncError(
+                    f"weight sync to version {version}: {name} does not compute with the learner's weights: "
+                    f"{diff.describe()}, above the tolerance {self.tolerance:g} (sync.probe_tolerance)"
+                )
+            worst = diff if worst is None or diff.max_abs > worst.max_abs else worst
+        assert worst is not None
+        return worst
 
     def _unresponsive_note(self) -> str:
         """Which engines do not even answer a ping (stalled or dead), to point at the culprit."""

@@ -131,6 +131,16 @@ def test_engines_hold_the_learners_weights_after_sync(trained: Any) -> None:
     assert max(abs(a - b) for a, b in zip(lp.tolist(), learner[0])) > 1e-3
 
 
+def test_behavioural_check_ran_after_every_sync(trained: Any) -> None:
+    from grpo_dist.metrics import read_metrics
+
+    steps = [m for m in read_metrics(trained.run_dir) if "loss" in m]
+    assert len(steps) == NUM_STEPS
+    for m in steps:
+        assert 0.0 <= m["sync/probe_max_diff"] < 1e-4, m["sync/probe_max_diff"]
+        assert m["timing/sync_probe_s"] > 0.0
+
+
 def test_weights_version_advanced_once_per_step(trained: Any) -> None:
     import ray
 

@@ -1,0 +1,92 @@
+"""The behavioural check of a weight sync (pure: no Ray, no vLLM).
+
+A checksum proves that the bytes an engine received are the bytes the learner sent; it says nothing
+about what the engine then computes. vLLM keeps derived copies of weights (repacked CPU GEMM weights, a
+tied LM head, fused projections), and a copy that a reload forgot makes the engine sample from a model
+that is neither the old nor the new one while every checksum matches. So after a sync each engine
+scores a small fixed probe (a few token sequences, one prefill) and its per-token logprobs are compared
+with the learner's on the same probe. A difference above the tolerance of the run's dtype means the
+engine does not compute with the learner's weights.
+
+Tolerances, from measurements engine vs learner on the same weights (max abs per-token logprob):
+float32 agrees to about 1e-6 on the tiny models and ~1e-5 over 1k tokens of a 76M model, so 1e-4 leaves
+a wide margin while a stale output layer shows up as 1e-2..1e0. In bfloat16 the two stacks round
+differently (different kernels, accumulation order): the measured noise is ~0.03-0.1, so its default
+is 0.25, which still catches a stale layer on a moved model but not an update smaller than bf16 noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.25, "float16": 0.1}
+
+
+def default_tolerance(dtype: str) -> float:
+    """The probe tolerance for an engine computing in ``dtype`` (a torch dtype name)."""
+    if dtype not in DEFAULT_TOLERANCE:
+        raise ValueError(f"no probe tolerance known for dtype {dtype!r}: set sync.probe_tolerance")
+    return DEFAULT_TOLERANCE[dtype]
+
+
+def make_probe(prompts: Sequence[Sequence[int]], *, num_sequences: int, length: int) -> list[list[int]]:
+    """``num_sequences`` fixed token sequences of ``length`` tokens built from the run's own prompts.
+
+    Prompts are concatenated cyclically (sequence i starts at prompt i), so the probe holds tokens the
+    model really sees, within its vocabulary by construction; a stale output layer shifts the normaliser
+    of every position, so no rare token is needed to expose it.
+    """
+    usable = [list(p) for p in prompts if len(p) > 0]
+    if not usable:
+        raise ValueError("the probe needs at least one non-empty prompt")
+    if num_sequences < 1 or length < 2:
+        raise ValueError(f"probe of {num_sequences} sequences x {length} tokens: need >= 1 x >= 2")
+    probe = []
+    for i in range(num_sequences):
+        seq: list[int] = []
+        j = i
+        while len(seq) < length:
+            seq.extend(usable[j % len(usable)])
+            j += 1
+        probe.append(seq[:length])
+    return probe
+
+
+@dataclass(frozen=True)
+class ProbeDiff:
+    """Where an engine's probe logprobs differ most from the learner's."""
+
+    max_abs: float
+    mean_abs: float
+    sequence: int
+    position: int  # index of the predicted token within its sequence (>= 1)
+    token_id: int
+
+    def describe(self) -> str:
+        return (
+            f"max |logprob difference| {self.max_abs:.3g} (mean {self.mean_abs:.3g}) at probe sequence "
+            f"{self.sequence}, token {self.position} (id {self.token_id})"
+        )
+
+
+def compare(probe: Sequence[Sequence[int]], engine: Sequence[Sequence[float]], learner: Sequence[Sequence[float]]):
+    """The worst per-token difference between two sets of probe logprobs (``[S][L-1]`` each).
+
+    A non-finite engine logprob counts as an infinite difference: an engine that returns NaN is broken.
+    """
+    if len(engine) != len(probe) or len(learner) != len(probe):
+        raise ValueError(f"probe of {len(probe)} sequences, got {len(engine)} engine / {len(learner)} learner rows")
+    worst = ProbeDiff(-1.0, 0.0, 0, 1, probe[0][1] if len(probe[0]) > 1 else 0)
+    total, count = 0.0, 0
+    for s, (seq, e_row, l_row) in enumerate(zip(probe, engine, learner)):
+        if len(e_row) != len(seq) - 1 or len(l_row) != len(seq) - 1:
+            raise ValueError(f"probe sequence {s}: expected {len(seq) - 1} logprobs, got {len(e_row)} / {len(l_row)}")
+        for t, (e, lp) in enumerate(zip(e_row, l_row)):
+            diff = abs(e - lp) if math.isfinite(e) and math.isfinite(lp) else math.inf
+            total += diff
+            count += 1
+            if diff > worst.max_abs:
+                worst = ProbeDiff(diff, 0.0, s, t + 1, int(seq[t + 1]))
+    return ProbeDiff(worst.max_abs, total / max(1, count), worst.sequence, worst.position, worst.token_id)
