@@ -78,6 +78,11 @@ class LearnerGroup:
             "sequence_logprobs", sequences, timeout_s=self.cfg.learner.step_timeout_s, what="sequence logprobs"
         )[0]
 
+    def sequence_logprobs_refs(self, sequences: list[list[int]]) -> list[Any]:
+        """``sequence_logprobs`` without waiting (every rank takes part: ZeRO-3 gathers); rank 0's result
+        is the first ref's."""
+        return self._refs("sequence_logprobs", sequences)
+
     def weight_plan(self) -> list[Bucket]:
         return self._call_one(0, "weight_plan", timeout_s=60.0)
 

@@ -81,18 +81,20 @@ class WeightSync:
         deadline = start + timeout
         what = f"weight sync to version {version}"
         names = self.learners.names + self.engines.names
+        probing = self.probe is not None and self.num_syncs % self.cfg.sync.probe_every == 0
+        self.num_syncs += 1
+        learner_probe: list[Any] | None = None
         try:
+            publish = self.learners.publish_refs(verify)
+            if probing:  # the learner's side of the probe queues behind its publication, beside the reloads
+                learner_probe = self.learners.sequence_logprobs_refs(self.probe)
             if self.transport == "broadcast":
                 receive = [e.receive_weights.remote(version, None, verify) for e in self.engines.actors]
-                results = wait_all(
-                    self.learners.publish_refs(verify) + receive, timeout_s=timeout, what=what, names=names
-                )
+                results = wait_all(publish + receive, timeout_s=timeout, what=what, names=names)
                 sent = results[0][0]
                 received = results[len(self.learners.actors) :]
             else:
-                published = wait_all(
-                    self.learners.publish_refs(verify), timeout_s=timeout, what=what, names=self.learners.names
-                )
+                published = wait_all(publish, timeout_s=timeout, what=what, names=self.learners.names)
                 sent, handle = published[0]
                 receive = [e.receive_weights.remote(version, handle, verify) for e in self.engines.actors]
                 received = wait_all(
@@ -116,26 +118,30 @@ class WeightSync:
             "sync/gb_per_s": self.num_bytes / max(seconds, 1e-9) / 1e9,
             "sync/bytes": float(self.num_bytes),
         }
-        self.num_syncs += 1
-        if self.probe is not None and (self.num_syncs - 1) % self.cfg.sync.probe_every == 0:
+        if learner_probe is not None:
             t0 = time.perf_counter()
-            worst = self.check_behaviour(version)
+            worst = self.check_behaviour(version, learner_refs=learner_probe)
             out["sync/probe_max_diff"] = worst.max_abs
             out["sync/probe_mean_diff"] = worst.mean_abs
             out["timing/sync_probe_s"] = time.perf_counter() - t0
         return out
 
-    def check_behaviour(self, version: int) -> ProbeDiff:
+    def check_behaviour(self, version: int, *, learner_refs: list[Any] | None = None) -> ProbeDiff:
         """Every engine scores the probe and must agree with the learner within the tolerance; returns the
-        worst difference over the engines, or raises ``WeightSyncError`` naming the engine."""
+        worst difference over the engines, or raises ``WeightSyncError`` naming the engine.
+        ``learner_refs``: the learner's probe call, when it was started earlier."""
         assert self.probe is not None
         timeout = self.cfg.sync.timeout_s
+        what = f"behavioural check of weights version {version}"
+        learner_refs = learner_refs or self.learners.sequence_logprobs_refs(self.probe)
         refs = [e.sequence_logprobs.remote(self.probe) for e in self.engines.actors]
-        learner = self.learners.sequence_logprobs(self.probe)  # runs while the engines score
         try:
-            scored = wait_all(refs, timeout_s=timeout, what=f"probe after sync {version}", names=self.engines.names)
+            scored = wait_all(
+                learner_refs + refs, timeout_s=timeout, what=what, names=self.learners.names + self.engines.names
+            )
         except TimeoutError as exc:
             raise WeightSyncError(f"{exc}{self._unresponsive_note()}") from None
+        learner, scored = scored[0], scored[len(learner_refs) :]
         worst: ProbeDiff | None = None
         for name, engine in zip(self.engines.names, scored):
             diff = compare(self.probe, engine, learner)
