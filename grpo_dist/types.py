@@ -32,7 +32,8 @@ class Prompt:
 class Completion:
     token_ids: list[int]
     logprobs: list[float]
-    """The sampling engine's logprob of each generated token (before temperature scaling)."""
+    """The sampling engine's logprob of each generated token, under the distribution it sampled from
+    (after temperature: vLLM's ``processed_logprobs``), as the learner computes it at the same temperature."""
     finish_reason: FinishReason
     text: str
 

@@ -226,7 +226,10 @@ def synthetic_prompts(num: int, length: int, vocab_size: int, seed: int, *, firs
 
 
 def synthetic_batch(num_seqs: int, prompt_len: int, response_len: int, vocab_size: int, seed: int) -> Any:
-    """A fixed-length ``TrainBatch``: every row is prompt + response, the loss on the response tokens."""
+    """A fixed-length ``TrainBatch``: every row is prompt + response, the loss on the response tokens.
+
+    Its engine logprobs are zeros, so the rollout-correction weights differ from a real run's: that changes
+    the loss's value, not the work of a step."""
     import torch
 
     from grpo_dist.learner.batch import TrainBatch
