@@ -93,3 +93,58 @@ def test_recipe_prompts_render_with_the_chat_template_and_fit(smollm2: Path, tmp
         assert stats.num_bos_added == 0  # the template starts with <|im_start|>, the tokenizer's BOS
         assert prompts[0].text.startswith("<|im_start|>system\n")
     assert cfg.data.max_prompt_length + cfg.data.max_response_length <= model_context_length(cfg.model)
+
+
+def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_path: Path, local_ray: None) -> None:
+    """Two GRPO steps on the real tied-embedding model through the real actors; then every engine's
+    logprobs equal the learner's (fp32) on the sampled answers, although the weights moved. Before the
+    tied-layer fix the engine kept the initial output layer and differed by about 0.09."""
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from grpo_dist.config import load_config
+    from grpo_dist.controller import Trainer
+    from grpo_dist.metrics import read_metrics
+    from grpo_dist.tasks.arithmetic import NAMED_TASKS, write_splits
+
+    named = NAMED_TASKS["chat-addition-1d"]
+    train, _ = write_splits(tmp_path / "data", num_train=named.num_train, num_eval=0, seed=0, task=named.task)
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        RECIPE,
+        [
+            f"model.path={smollm2}",
+            f"data.train_files=[{train}]",
+            "data.eval_files=[]",  # no held-out set: the run evaluates nothing
+            f"trainer.output_dir={run_dir}",
+            "trainer.total_steps=2",
+            "trainer.eval_every=0",
+            "data.train_batch_size=2",
+            "learner.mini_batch_size=2",
+            "learner.micro_batch_size=4",
+            "data.max_response_length=16",
+            "algo.kl_coef=0",
+            "learner.lr=1e-4",  # the weights must move visibly in two steps
+            "rollout.num_engines=2",
+            "logging.progress=off",
+        ],
+    )
+    with Trainer(cfg) as trainer:
+        trainer.start()
+        trainer.run()
+        steps = [m for m in read_metrics(run_dir) if "loss" in m]
+        assert len(steps) == 2 and not any(k.startswith("eval/") for m in read_metrics(run_dir) for k in m)
+        assert all(m["sync/probe_max_diff"] < 1e-4 for m in steps)
+        assert all("rollout_corr/logp_diff_max" in m for m in steps)
+        seqs = [list(p.token_ids) for p in trainer.train_prompts[:4]]
+        learner = trainer.learners.sequence_logprobs(seqs)
+        for actor in trainer.engines.actors:
+            engine = ray.get(actor.sequence_logprobs.remote(seqs), timeout=120)
+            diff = max(abs(a - b) for s1, s2 in zip(learner, engine) for a, b in zip(s1, s2))
+            assert diff < 1e-4, diff
+    initial = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    with torch.no_grad():
+        ids = torch.tensor(seqs[0])[None]
+        lp = torch.log_softmax(initial(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
+    assert max(abs(a - b) for a, b in zip(lp.tolist(), learner[0])) > 1e-3  # and the policy did move
