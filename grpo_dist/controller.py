@@ -111,6 +111,11 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         self.device = cluster.resolve_device(cfg)
         self.model_path = resolve_model_path(cfg)
+        from grpo_dist.models.support import unsupported_reason
+
+        reason = unsupported_reason(json.loads((Path(self.model_path) / "config.json").read_text()), device=self.device)
+        if reason is not None:
+            raise ValueError(f"model.path = {self.model_path!r} cannot be trained correctly here: {reason}")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         train_files, eval_files = resolve_data_files(cfg)
         # all data is read and checked before any actor starts

@@ -93,7 +93,8 @@ class LearnerWorker:
             dist_backend="gloo" if self.device_name == "cpu" else "nccl",
             timeout=datetime.timedelta(seconds=lc.step_timeout_s),
         )
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        attn = self._attn_implementation()
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, attn_implementation=attn)
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -117,11 +118,21 @@ class LearnerWorker:
         )
         if self.cfg.algo.kl_coef > 0:
             ref = AutoModelForCausalLM.from_pretrained(
-                self.model_path, dtype=_resolve_dtype(self.cfg.model.dtype, self.device_name)
+                self.model_path, dtype=_resolve_dtype(self.cfg.model.dtype, self.device_name), attn_implementation=attn
             )
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
         self.plan = make_buckets(self._param_metas(), int(self.cfg.sync.bucket_size_mb * (1 << 20)))
         return {"rank": self.rank, "pid": os.getpid(), "num_params": sum(p.numel for p in self._param_metas())}
+
+    def _attn_implementation(self) -> str | None:
+        """transformers' attention path that computes what vLLM computes (``eager`` for soft-capped
+        attention, which ``sdpa`` silently drops), or None for transformers' default."""
+        import json
+
+        from grpo_dist.models.support import learner_attn_implementation
+
+        with open(os.path.join(self.model_path, "config.json")) as f:
+            return learner_attn_implementation(json.load(f))
 
     @property
     def num_minibatches(self) -> int:
@@ -386,8 +397,11 @@ class LearnerWorker:
                 state.update({k: v.clone() for k, v in bucket.split(flat.cpu())})
         if self.rank != 0:
             return None
+        from grpo_dist.models.layout import CheckpointLayout
+
         os.makedirs(path, exist_ok=True)
         module = self.engine.module
+        state = CheckpointLayout(module.config).state_dict(state)  # what save_pretrained would write
         module.config.save_pretrained(path)
         if getattr(module, "generation_config", None) is not None:
             module.generation_config.save_pretrained(path)

@@ -6,6 +6,7 @@ processing steps are skipped on a reload, so the copy lands in a kernel layout i
 Each function here runs inside a vLLM worker (``LLM.apply_model``) right after a reload, exactly once,
 and returns the names of the layers it fixed. None imports vLLM: layers are recognised by what they hold.
 
+- ``refresh_tied_layers``: a tied LM head receives no weights of its own (see its docstring).
 - ``repack_cpu_moe_experts``: on CPU, the unquantized fused-MoE kernel reads expert weights prepacked
   into its grouped-GEMM layout. The first load prepacks them; a reload re-runs the method's processing,
   which skips the experts' own step once a kernel exists (``UnquantizedFusedMoEMethod._setup_kernel``:
@@ -45,3 +46,42 @@ def repack_cpu_moe_experts(model: torch.nn.Module) -> list[str]:
             experts.process_weights_after_loading(module)  # type: ignore[attr-defined]
         repacked.append(name)
     return repacked
+
+
+def refresh_tied_layers(model: torch.nn.Module) -> list[str]:
+    """Re-derive the kernel-format copies of layers whose weights are all tied to another layer's.
+
+    vLLM's in-place reload (``reload_weights``) re-runs a layer's weight processing once every weight of
+    that layer has arrived. A tied layer receives none: a checkpoint of a model with tied embeddings
+    holds ``embed_tokens.weight`` only, and the model's loader skips ``lm_head.weight``. The shared
+    parameter itself is updated through the embedding, but on CPU the LM head's processing made a derived
+    copy for the CPU GEMM kernels (a repacked or oneDNN-reordered weight held by ``layer.cpu_linear``),
+    and vLLM restores the layer as it was ("ParallelLMHead: Failed to load weights"): the engine then
+    samples from the new body with the *initial* output layer. Re-running the layer's (unquantized)
+    processing rebuilds that copy from the updated parameter; on GPU the same processing is a no-op.
+
+    Runs inside each vLLM worker (``LLM.apply_model``); returns the names of the layers refreshed.
+    """
+    seen: set[int] = set()
+    refreshed = []
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        tied = bool(own) and all(id(p) in seen for _, p in own)
+        seen.update(id(p) for _, p in own)
+        method = getattr(module, "quant_method", None)
+        # quantized layers' processing is not idempotent (it would quantize twice): only re-derive plain ones
+        if tied and method is not None and type(method).__name__.startswith("Unquantized"):
+            with torch.no_grad():
+                method.process_weights_after_loading(module)
+            refreshed.append(name)
+    return refreshed
+
+
+def rederive_after_reload(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Everything above, in order, once after each in-place reload (run through ``LLM.apply_model``);
+    returns the layers each step re-derived."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return {
+        "tied": refresh_tied_layers(model),
+        "cpu_moe": repack_cpu_moe_experts(model) if on_cpu else [],
+    }

@@ -32,24 +32,6 @@ CPU_ATTENTION_HEAD_SIZES = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 2
 
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
-_CPU_MOE_REASON = (
-    "mixture-of-experts on CPU: vLLM's CPU fused-MoE kernel reads expert weights prepacked into its "
-    "grouped-GEMM layout, and its in-place weight reload skips that prepacking (UnquantizedFusedMoEMethod."
-    "_setup_kernel runs fused_experts.process_weights_after_loading only on the first load), so after the "
-    "first weight sync the engine computes with garbage experts (logprob error 6.5 measured)"
-)
-_MIXTRAL_REASON = (
-    "Mixtral: the learner publishes and exports transformers' in-memory layout (mlp.experts.gate_up_proj "
-    "[E, 2I, H], mlp.experts.down_proj), which vLLM's Mixtral loader does not accept (it reads "
-    "block_sparse_moe.experts.N.w1/w2/w3.weight): the first weight sync fails, and so does an engine started "
-    "from the exported model"
-)
-_SOFTCAP_REASON = (
-    "attention logit soft-capping (attn_logit_softcapping = {value}): the learner's transformers model runs "
-    "the default 'sdpa' attention, which ignores soft-capping, while vLLM applies it: learner and engines "
-    "disagree from the first token (max logprob difference 0.3-0.65 measured on a tiny Gemma 2)"
-)
-
 
 def _text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
     text = hf_config.get("text_config")
@@ -82,9 +64,6 @@ def learner_attn_implementation(hf_config: dict[str, Any]) -> str | None:
 def unsupported_reason(hf_config: dict[str, Any], *, device: str = "cpu") -> str | None:
     """Why a run cannot train the model of ``hf_config`` (a parsed ``config.json``) correctly on ``device``
     (``cpu`` or ``cuda``), or None if nothing is known against it."""
-    cfg = _text_config(hf_config)
-    architectures = list(hf_config.get("architectures") or [])
-    model_type = hf_config.get("model_type", "")
     if device == "cpu":
         size = head_dim(hf_config)
         if size is not None and size not in CPU_ATTENTION_HEAD_SIZES:
@@ -92,11 +71,4 @@ def unsupported_reason(hf_config: dict[str, Any], *, device: str = "cpu") -> str
                 f"head_dim = {size}: vLLM's CPU attention supports head sizes "
                 f"{', '.join(map(str, sorted(CPU_ATTENTION_HEAD_SIZES)))}"
             )
-    if "MixtralForCausalLM" in architectures or model_type == "mixtral":
-        return _MIXTRAL_REASON
-    if device == "cpu" and num_experts(hf_config) > 1:
-        return _CPU_MOE_REASON
-    softcap = cfg.get("attn_logit_softcapping")
-    if softcap:
-        return _SOFTCAP_REASON.format(value=softcap)
     return None

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from grpo_dist.models.layout import CheckpointLayout
+from grpo_dist.models.reload_fixes import rederive_after_reload
 from grpo_dist.rollout.seeds import occurrence_stream, sample_seed
 from grpo_dist.sync.plan import Bucket, checksum
 from grpo_dist.types import Completion, FinishReason, Prompt, RolloutGroup
@@ -133,6 +135,10 @@ class VllmEngine:
             )
         )
         self.version = initial_version  # the weights in model_path are this version (a resumed run's export)
+        from transformers import AutoConfig
+
+        # the learner sends transformers' in-memory parameters; vLLM's loaders read checkpoint tensors
+        self._layout = CheckpointLayout(AutoConfig.from_pretrained(model_path))
         self.corrupt = False
         self._receiver: Any = None
         self._plan: list[Bucket] = []
@@ -252,11 +258,12 @@ class VllmEngine:
                 flat = self._receiver.receive_bucket(index, bucket.numel, bucket.dtype, handle)
                 if verify:
                     sums.append(checksum(flat))
-                yield from bucket.split(flat)
+                yield from self._layout.convert(bucket.split(flat))  # learner's names -> checkpoint names
 
         self.corrupt = True
         self._load(weights())
-        self.llm.apply_model(refresh_tied_layers)  # tied layers' derived copies (see its docstring)
+        # the kernel-format copies vLLM's reload leaves stale (tied LM heads, CPU MoE prepacking)
+        self.llm.apply_model(rederive_after_reload)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.version = version
         self.corrupt = False
@@ -275,35 +282,6 @@ class VllmEngine:
         with tempfile.TemporaryDirectory(prefix="grpo-dist-weights-", dir="/dev/shm") as tmp:
             save_file({k: v.contiguous() for k, v in weights}, os.path.join(tmp, "model.safetensors"))
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
-
-
-def refresh_tied_layers(model: torch.nn.Module) -> list[str]:
-    """Re-derive the kernel-format copies of layers whose weights are all tied to another layer's.
-
-    vLLM's in-place reload (``reload_weights``) re-runs a layer's weight processing once every weight of
-    that layer has arrived. A tied layer receives none: a checkpoint of a model with tied embeddings
-    holds ``embed_tokens.weight`` only, and the model's loader skips ``lm_head.weight``. The shared
-    parameter itself is updated through the embedding, but on CPU the LM head's processing made a derived
-    copy for the CPU GEMM kernels (a repacked or oneDNN-reordered weight held by ``layer.cpu_linear``),
-    and vLLM restores the layer as it was ("ParallelLMHead: Failed to load weights"): the engine then
-    samples from the new body with the *initial* output layer. Re-running the layer's (unquantized)
-    processing rebuilds that copy from the updated parameter; on GPU the same processing is a no-op.
-
-    Runs inside each vLLM worker (``LLM.apply_model``); returns the names of the layers refreshed.
-    """
-    seen: set[int] = set()
-    refreshed = []
-    for name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False))
-        tied = bool(own) and all(id(p) in seen for _, p in own)
-        seen.update(id(p) for _, p in own)
-        method = getattr(module, "quant_method", None)
-        # quantized layers' processing is not idempotent (it would quantize twice): only re-derive plain ones
-        if tied and method is not None and type(method).__name__.startswith("Unquantized"):
-            with torch.no_grad():
-                method.process_weights_after_loading(module)
-            refreshed.append(name)
-    return refreshed
 
 
 def _completion(out: Any) -> Completion:
