@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -491,27 +490,8 @@ def make_record(results: Sequence[FamilyResult], *, wall_s: float) -> dict[str, 
     return records.scrub_paths(record, records.default_replacements())
 
 
-@contextlib.contextmanager
-def private_ray(num_cpus: int = 8) -> Iterator[None]:
-    """A Ray of this process's own (never one already running on the machine), stopped on exit."""
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="gd-ray-", dir="/tmp")  # Ray's socket paths must stay short
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _temp_dir=tmp,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}},
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def main(argv: list[str] | None = None) -> int:
+    from grpo_dist.bench.common import private_ray
     from grpo_dist.bench.records import REPO_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m grpo_dist.models.conformance", description=__doc__.split("\n")[0])
