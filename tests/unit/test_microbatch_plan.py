@@ -1,0 +1,58 @@
+"""The token-budget micro-batch planner: every sequence once, within budget, the same number of
+micro-batches on every rank, balanced work, deterministic."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grpo_dist.learner.microbatch_plan import plan_micro_batches
+
+
+def _tokens(lengths: list[int], micro: list[int]) -> int:
+    return sum(lengths[i] for i in micro)
+
+
+def test_hand_case_packs_by_tokens_and_isolates_the_overlong_sequence() -> None:
+    lengths = [10, 90, 40, 300, 50, 10]
+    plan = plan_micro_batches(lengths, num_ranks=1, max_tokens=100)
+    assert plan == [[[3], [1, 0], [4, 2, 5]]]  # 300 alone; 90+10; 50+40+10
+
+
+def test_ranks_get_balanced_tokens_and_equal_micro_batch_counts() -> None:
+    lengths = [100, 100, 100, 100, 5, 5, 5, 5]
+    plan = plan_micro_batches(lengths, num_ranks=2, max_tokens=128)
+    assert [sum(_tokens(lengths, m) for m in rank) for rank in plan] == [210, 210]
+    assert len(plan[0]) == len(plan[1]) == 2
+
+
+def test_a_rank_with_nothing_to_split_gets_an_empty_micro_batch() -> None:
+    # rank 0 holds the 500 alone; rank 1 needs two passes (400, then 10): rank 0 runs an empty second pass
+    assert plan_micro_batches([500, 400, 10], num_ranks=2, max_tokens=100) == [[[0], []], [[1], [2]]]
+
+
+@pytest.mark.parametrize(("num_ranks", "max_tokens"), [(0, 10), (1, 0)])
+def test_bad_settings_are_refused(num_ranks: int, max_tokens: int) -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        plan_micro_batches([1, 2], num_ranks=num_ranks, max_tokens=max_tokens)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=400), min_size=1, max_size=64),
+    num_ranks=st.integers(min_value=1, max_value=4),
+    max_tokens=st.integers(min_value=1, max_value=512),
+)
+def test_plan_invariants(lengths: list[int], num_ranks: int, max_tokens: int) -> None:
+    plan = plan_micro_batches(lengths, num_ranks=num_ranks, max_tokens=max_tokens)
+    assert len(plan) == num_ranks
+    assert len({len(rank) for rank in plan}) == 1  # every rank runs the same number of passes
+    placed = sorted(i for rank in plan for micro in rank for i in micro)
+    assert placed == list(range(len(lengths)))  # every sequence exactly once
+    for rank in plan:
+        for micro in rank:
+            assert len(micro) <= 1 or _tokens(lengths, micro) <= max_tokens  # within budget, or alone
+    loads = [sum(_tokens(lengths, m) for m in rank) for rank in plan]
+    assert max(loads) - min(loads) <= max(lengths)  # greedy balance: within one sequence
+    assert plan == plan_micro_batches(list(lengths), num_ranks=num_ranks, max_tokens=max_tokens)  # deterministic
