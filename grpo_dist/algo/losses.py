@@ -19,28 +19,11 @@ from __future__ import annotations
 import torch
 
 from grpo_dist.algo._checks import check_choice, check_finite_number, check_same_shape
+from grpo_dist.algo._masking import masked, masked_max, masked_mean
 from grpo_dist.algo.aggregation import aggregate_loss, check_loss_agg_args
 from grpo_dist.algo.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_penalty
 
 RATIO_LEVELS: tuple[str, ...] = ("token", "sequence")
-
-
-def _masked(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Zero ``x`` outside ``valid`` (where, not multiply: 0 * inf would be NaN)."""
-    return torch.where(valid, x, torch.zeros_like(x))
-
-
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over ``valid`` positions; 0 when there are none."""
-    return _masked(x, valid).sum() / valid.sum().clamp(min=1).to(x.dtype)
-
-
-def _masked_max(x: torch.Tensor, valid: torch.Tensor, default: float) -> torch.Tensor:
-    """Max of ``x`` over ``valid`` positions; ``default`` when there are none (even for B == 0)."""
-    if x.numel() == 0:
-        return x.new_full((), default)
-    largest = torch.where(valid, x, torch.full_like(x, float("-inf"))).amax()
-    return torch.where(valid.any(), largest, x.new_full((), default))
 
 
 def importance_log_ratio(
@@ -60,15 +43,15 @@ def importance_log_ratio(
     """
     check_choice("ratio_level", ratio_level, RATIO_LEVELS)
     valid = mask.bool()  # [B, T]
-    token_lr = _masked(logprobs - old_logprobs, valid)  # [B, T]
+    token_lr = masked(logprobs - old_logprobs, valid)  # [B, T]
     if ratio_level == "token":
         return token_lr.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     lengths = valid.sum(dim=-1, keepdim=True).clamp(min=1).to(token_lr.dtype)  # [B, 1]
     seq_lr = (token_lr.sum(dim=-1, keepdim=True) / lengths).detach()  # [B, 1]
     inside = (seq_lr.abs() <= LOG_RATIO_CLAMP).to(token_lr.dtype)  # [B, 1]; 0 past the clamp: no gradient
-    lp = _masked(logprobs, valid)  # [B, T]
+    lp = masked(logprobs, valid)  # [B, T]
     clamped = seq_lr.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, 1]
-    return _masked(clamped + inside * (lp - lp.detach()), valid)  # [B, T]
+    return masked(clamped + inside * (lp - lp.detach()), valid)  # [B, T]
 
 
 def _check_policy_loss_args(
@@ -180,8 +163,8 @@ def policy_loss(
     check_loss_agg_args(loss_agg_mode, max_response_length, loss_scale_denominator)
     valid = mask.bool()  # [B, T]
     adv = advantages.detach().to(logprobs.dtype)
-    adv = _masked(adv.unsqueeze(-1).expand_as(logprobs) if adv.dim() == 1 else adv, valid)  # [B, T]
-    lp = _masked(logprobs, valid)  # [B, T]
+    adv = masked(adv.unsqueeze(-1).expand_as(logprobs) if adv.dim() == 1 else adv, valid)  # [B, T]
+    lp = masked(logprobs, valid)  # [B, T]
 
     if old_logprobs is None:
         ratio = torch.ones_like(lp)  # [B, T] for metrics only
@@ -189,7 +172,7 @@ def policy_loss(
         clipped_low = clipped_high = dual = torch.zeros_like(valid)
         approx_kl = lp.new_zeros(())
     else:
-        old = _masked(old_logprobs.detach().to(lp.dtype), valid)  # [B, T]
+        old = masked(old_logprobs.detach().to(lp.dtype), valid)  # [B, T]
         ratio = torch.exp(importance_log_ratio(lp, old, valid, ratio_level))  # [B, T]
         pg_unclipped = -adv * ratio  # [B, T]
         pg_clipped = -adv * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)  # [B, T]
@@ -203,20 +186,20 @@ def policy_loss(
             dual = valid & (adv < 0) & (pg > cap)
             pg = torch.where(adv < 0, torch.minimum(pg, cap), pg)
         with torch.no_grad():
-            approx_kl = _masked_mean(0.5 * (lp - old).square(), valid)
+            approx_kl = masked_mean(0.5 * (lp - old).square(), valid)
     if rollout_is_weights is not None:
-        pg = pg * _masked(rollout_is_weights.detach().to(lp.dtype), valid)  # [B, T]
+        pg = pg * masked(rollout_is_weights.detach().to(lp.dtype), valid)  # [B, T]
 
     objective = pg  # [B, T]
     kl = None
     if ref_logprobs is not None:
-        ref = _masked(ref_logprobs.detach().to(lp.dtype), valid)  # [B, T]
+        ref = masked(ref_logprobs.detach().to(lp.dtype), valid)  # [B, T]
         kl = kl_penalty(lp, ref, kl_estimator)  # [B, T]
         if kl_coef > 0:
             objective = objective + kl_coef * kl
     ent = None
     if entropy is not None:
-        ent = _masked(entropy.to(lp.dtype), valid)  # [B, T]
+        ent = masked(entropy.to(lp.dtype), valid)  # [B, T]
         if entropy_coef != 0:
             objective = objective - entropy_coef * ent
 
@@ -233,18 +216,18 @@ def policy_loss(
         metrics_t: dict[str, torch.Tensor] = {
             "loss": aggregate_loss(objective, valid, loss_agg_mode, max_response_length=max_response_length),
             "pg_loss": aggregate_loss(pg, valid, loss_agg_mode, max_response_length=max_response_length),
-            "kl": _masked_mean(kl, valid) if kl is not None else lp.new_zeros(()),
+            "kl": masked_mean(kl, valid) if kl is not None else lp.new_zeros(()),
             "approx_kl": approx_kl,
-            "clip_fraction": _masked_mean((clipped_low | clipped_high).to(lp.dtype), valid),
-            "clip_fraction_low": _masked_mean(clipped_low.to(lp.dtype), valid),
-            "clip_fraction_high": _masked_mean(clipped_high.to(lp.dtype), valid),
-            "dual_clip_fraction": _masked_mean(dual.to(lp.dtype), valid),
-            "ratio_mean": torch.where(valid.any(), _masked_mean(ratio, valid), lp.new_ones(())),
-            "ratio_max": _masked_max(ratio, valid, default=1.0),
+            "clip_fraction": masked_mean((clipped_low | clipped_high).to(lp.dtype), valid),
+            "clip_fraction_low": masked_mean(clipped_low.to(lp.dtype), valid),
+            "clip_fraction_high": masked_mean(clipped_high.to(lp.dtype), valid),
+            "dual_clip_fraction": masked_mean(dual.to(lp.dtype), valid),
+            "ratio_mean": torch.where(valid.any(), masked_mean(ratio, valid), lp.new_ones(())),
+            "ratio_max": masked_max(ratio, valid, default=1.0),
             "num_tokens": valid.sum().to(lp.dtype),
             "num_sequences": valid.any(dim=-1).sum().to(lp.dtype),
         }
         if ent is not None:
-            metrics_t["entropy"] = _masked_mean(ent, valid)
+            metrics_t["entropy"] = masked_mean(ent, valid)
         values = torch.stack([v.detach().to(torch.float64) for v in metrics_t.values()]).tolist()
     return loss, dict(zip(metrics_t.keys(), values, strict=True))

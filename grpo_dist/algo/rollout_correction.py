@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo_dist.algo._checks import check_choice, check_finite_number, check_same_shape
+from grpo_dist.algo._masking import masked, masked_max
 from grpo_dist.algo.kl import LOG_RATIO_CLAMP
 
 CORRECTION_MODES: tuple[str, ...] = ("none", "tis", "icepop", "seq_mask_tis")
@@ -74,7 +75,7 @@ def rollout_log_ratio(old_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
     _check_logprobs(old_logprobs, engine_logprobs, mask)
     valid = mask.bool()  # [B, T]
     r = old_logprobs.detach() - engine_logprobs.detach().to(old_logprobs.dtype)  # [B, T]
-    return torch.where(valid, r, torch.zeros_like(r))
+    return masked(r, valid)
 
 
 def rollout_is_weights(
@@ -169,13 +170,6 @@ class MismatchStats:
         }
 
 
-def _masked_amax(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Max of ``x`` over ``valid`` positions; ``-inf`` when there are none (even for an empty tensor)."""
-    if x.numel() == 0:
-        return x.new_full((), float("-inf"))
-    return torch.where(valid, x, torch.full_like(x, float("-inf"))).amax()
-
-
 def mismatch_stats(
     old_logprobs: torch.Tensor,
     engine_logprobs: torch.Tensor,
@@ -203,5 +197,6 @@ def mismatch_stats(
             num_affected.to(torch.float64),
         ]
     )  # [6]
-    maxima = torch.stack([_masked_amax(r.abs(), valid), _masked_amax(rho, valid), _masked_amax(-rho, valid)])  # [3]
+    inf = float("-inf")  # no token: -inf, the identity of the MAX merge
+    maxima = torch.stack([masked_max(x, valid, default=inf) for x in (r.abs(), rho, -rho)])  # [3]
     return MismatchStats(sums, maxima)

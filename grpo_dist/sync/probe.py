@@ -81,7 +81,7 @@ def compare(probe: Sequence[Sequence[int]], engine: Sequence[Sequence[float]], l
     """
     if len(engine) != len(probe) or len(learner) != len(probe):
         raise ValueError(f"probe of {len(probe)} sequences, got {len(engine)} engine / {len(learner)} learner rows")
-    worst = ProbeDiff(-1.0, 0.0, 0, 1, probe[0][1] if len(probe[0]) > 1 else 0)
+    worst = (-1.0, 0, 1)  # (difference, sequence, position)
     total, count = 0.0, 0
     for s, (seq, e_row, l_row) in enumerate(zip(probe, engine, learner)):
         if len(e_row) != len(seq) - 1 or len(l_row) != len(seq) - 1:
@@ -90,6 +90,6 @@ def compare(probe: Sequence[Sequence[int]], engine: Sequence[Sequence[float]], l
             diff = abs(e - lp) if math.isfinite(e) and math.isfinite(lp) else math.inf
             total += diff
             count += 1
-            if diff > worst.max_abs:
-                worst = ProbeDiff(diff, 0.0, s, t + 1, int(seq[t + 1]))
-    return ProbeDiff(worst.max_abs, total / max(1, count), worst.sequence, worst.position, worst.token_id)
+            worst = max(worst, (diff, s, t + 1), key=lambda w: w[0])  # the first of equal maxima
+    diff, s, t = worst
+    return ProbeDiff(diff, total / max(1, count), s, t, int(probe[s][t]))
