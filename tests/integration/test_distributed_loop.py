@@ -33,6 +33,10 @@ VARIANTS = {
     # ZeRO-3 (bucket-by-bucket gathers), the object-store transport, DAPO with dynamic sampling
     "zero3-objectstore-dapo": ["learner.zero_stage=3", "sync.transport=object_store", "algo.preset=dapo"],
 }
+# the second variant also checks the behavioural check's settings: every 2nd sync, a smaller probe
+PROBE_SETTINGS = {
+    "zero3-objectstore-dapo": ["sync.probe_every=2", "sync.probe_num_sequences=2", "sync.probe_length=16"],
+}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS), ids=list(VARIANTS))
@@ -49,6 +53,7 @@ def trained(
             *tiny_overrides(tiny_assets, run_dir),
             f"trainer.total_steps={NUM_STEPS}",
             *VARIANTS[request.param],
+            *PROBE_SETTINGS.get(request.param, []),
             f"rollout.num_generations={G}",
             f"data.train_batch_size={BATCH}",
             "learner.lr=1e-3",  # large enough that one step visibly moves the weights
@@ -131,12 +136,18 @@ def test_engines_hold_the_learners_weights_after_sync(trained: Any) -> None:
     assert max(abs(a - b) for a, b in zip(lp.tolist(), learner[0])) > 1e-3
 
 
-def test_behavioural_check_ran_after_every_sync(trained: Any) -> None:
+def test_behavioural_check_ran_as_configured(trained: Any) -> None:
     from grpo_dist.metrics import read_metrics
 
+    sc = trained.cfg.sync
+    length = min(sc.probe_length, trained.cfg.data.max_prompt_length + trained.cfg.data.max_response_length - 1)
+    assert [len(seq) for seq in trained.weight_sync.probe] == [length] * sc.probe_num_sequences
     steps = [m for m in read_metrics(trained.run_dir) if "loss" in m]
     assert len(steps) == NUM_STEPS
-    for m in steps:
+    for i, m in enumerate(steps):
+        if i % sc.probe_every:  # sync.probe_every=2: the 2nd sync goes unchecked
+            assert "sync/probe_max_diff" not in m
+            continue
         assert 0.0 <= m["sync/probe_max_diff"] < 1e-4, m["sync/probe_max_diff"]
         assert m["timing/sync_probe_s"] > 0.0
 

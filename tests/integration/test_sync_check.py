@@ -31,19 +31,13 @@ def _drop_one_tensor(engine: Any, name: str) -> bool:
     return True
 
 
-def test_a_sync_that_leaves_a_layer_stale_stops_the_run_with_a_checkpoint(
-    local_ray: None, tiny_assets: dict[str, str], tmp_path
-) -> None:
-    import ray
-
+def _config(tiny_assets: dict[str, str], run_dir: Any, *extra: str) -> Any:
     from grpo_dist.config import load_config
-    from grpo_dist.controller import Trainer, TrainingAborted
-    from grpo_dist.metrics import read_metrics
 
-    cfg = load_config(
+    return load_config(
         TINY_CONFIG,
         [
-            *tiny_overrides(tiny_assets, tmp_path),
+            *tiny_overrides(tiny_assets, run_dir),
             "trainer.total_steps=2",
             "rollout.num_engines=2",
             "learner.num_ranks=1",
@@ -52,8 +46,20 @@ def test_a_sync_that_leaves_a_layer_stale_stops_the_run_with_a_checkpoint(
             "sync.verify=true",
             # a graded reward, so that every group has a signal and the update moves the weights
             "reward.functions=[{name: digits, path: 'tests.integration.reward_fns:digit_fraction'}]",
+            *extra,
         ],
     )
+
+
+def test_a_sync_that_leaves_a_layer_stale_stops_the_run_with_a_checkpoint(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path
+) -> None:
+    import ray
+
+    from grpo_dist.controller import Trainer, TrainingAborted
+    from grpo_dist.metrics import read_metrics
+
+    cfg = _config(tiny_assets, tmp_path)
     with Trainer(cfg) as trainer:
         trainer.start()  # the check before any update passes: both sides load the same model
         ray.get(trainer.engines.actors[1].__ray_call__.remote(_drop_one_tensor, DROPPED), timeout=60)
@@ -65,3 +71,22 @@ def test_a_sync_that_leaves_a_layer_stale_stops_the_run_with_a_checkpoint(
     assert "step_000001" in message and "trainer.resume=auto" in message
     assert (tmp_path / "checkpoints" / "step_000001" / "hf" / "model.safetensors").is_file()
     assert not any("loss" in m for m in read_metrics(tmp_path))  # the broken step was never logged as done
+
+
+def test_the_tolerance_decides_what_counts_as_broken(local_ray: None, tiny_assets: dict[str, str], tmp_path) -> None:
+    """The same stale layer under a tolerance far above it: the run completes, and its metrics show the
+    difference the default tolerance would have stopped it for."""
+    import ray
+
+    from grpo_dist.controller import Trainer
+    from grpo_dist.metrics import read_metrics
+    from grpo_dist.sync.probe import default_tolerance
+
+    cfg = _config(tiny_assets, tmp_path, "sync.probe_tolerance=100")
+    with Trainer(cfg) as trainer:
+        trainer.start()
+        ray.get(trainer.engines.actors[1].__ray_call__.remote(_drop_one_tensor, DROPPED), timeout=60)
+        trainer.run()
+    steps = [m for m in read_metrics(tmp_path) if "loss" in m]
+    assert len(steps) == 2
+    assert max(m["sync/probe_max_diff"] for m in steps) > default_tolerance("float32")
