@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grpo_dist.learner.microbatch_plan import plan_micro_batches
+from grpo_dist.learner.microbatch_plan import padding_fraction, plan_micro_batches
 
 
 def _tokens(lengths: list[int], micro: list[int]) -> int:
@@ -36,6 +36,22 @@ def test_a_rank_with_nothing_to_split_gets_an_empty_micro_batch() -> None:
 def test_bad_settings_are_refused(num_ranks: int, max_tokens: int) -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
         plan_micro_batches([1, 2], num_ranks=num_ranks, max_tokens=max_tokens)
+    with pytest.raises(ValueError, match="max_tokens, max_sequences or both"):
+        plan_micro_batches([1, 2], num_ranks=1)
+
+
+def test_a_sequence_cap_alone_groups_similar_lengths() -> None:
+    lengths = [5, 100, 6, 90, 7, 80]
+    plan = plan_micro_batches(lengths, num_ranks=1, max_sequences=2)
+    assert plan == [[[1, 3], [5, 4], [2, 0]]]  # longest first: the long ones together, the short ones together
+    assert padding_fraction(lengths, plan) < padding_fraction(lengths, [[[0, 1], [2, 3], [4, 5]]])
+
+
+def test_the_padded_cost_counts_rows_times_the_longest() -> None:
+    lengths = [60, 10, 10, 10]
+    # packed: 60 + 10 + 10 + 10 = 90 fits 100; padded: 4 rows x 60 = 240 does not, 1 x 60 then 3 x 10 do
+    assert plan_micro_batches(lengths, num_ranks=1, max_tokens=100) == [[[0, 1, 2, 3]]]
+    assert plan_micro_batches(lengths, num_ranks=1, max_tokens=100, padded=True) == [[[0], [1, 2, 3]]]
 
 
 @settings(max_examples=200, deadline=None)
@@ -43,16 +59,23 @@ def test_bad_settings_are_refused(num_ranks: int, max_tokens: int) -> None:
     lengths=st.lists(st.integers(min_value=0, max_value=400), min_size=1, max_size=64),
     num_ranks=st.integers(min_value=1, max_value=4),
     max_tokens=st.integers(min_value=1, max_value=512),
+    max_sequences=st.one_of(st.none(), st.integers(min_value=1, max_value=8)),
+    padded=st.booleans(),
 )
-def test_plan_invariants(lengths: list[int], num_ranks: int, max_tokens: int) -> None:
-    plan = plan_micro_batches(lengths, num_ranks=num_ranks, max_tokens=max_tokens)
+def test_plan_invariants(
+    lengths: list[int], num_ranks: int, max_tokens: int, max_sequences: int | None, padded: bool
+) -> None:
+    kw = {"num_ranks": num_ranks, "max_tokens": max_tokens, "max_sequences": max_sequences, "padded": padded}
+    plan = plan_micro_batches(lengths, **kw)
     assert len(plan) == num_ranks
     assert len({len(rank) for rank in plan}) == 1  # every rank runs the same number of passes
     placed = sorted(i for rank in plan for micro in rank for i in micro)
     assert placed == list(range(len(lengths)))  # every sequence exactly once
     for rank in plan:
         for micro in rank:
-            assert len(micro) <= 1 or _tokens(lengths, micro) <= max_tokens  # within budget, or alone
+            cost = len(micro) * max(lengths[i] for i in micro) if padded and micro else _tokens(lengths, micro)
+            assert len(micro) <= 1 or cost <= max_tokens  # within budget, or alone
+            assert max_sequences is None or len(micro) <= max_sequences
     loads = [sum(_tokens(lengths, m) for m in rank) for rank in plan]
     assert max(loads) - min(loads) <= max(lengths)  # greedy balance: within one sequence
-    assert plan == plan_micro_batches(list(lengths), num_ranks=num_ranks, max_tokens=max_tokens)  # deterministic
+    assert plan == plan_micro_batches(list(lengths), **kw)  # deterministic
