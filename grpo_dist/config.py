@@ -363,7 +363,17 @@ class LearnerConfig(_Section):
     mini_batch_size: int = Field(8, ge=1)
     """Prompts (whole groups) per optimizer step; ``data.train_batch_size`` must be a multiple."""
     micro_batch_size: int = Field(4, ge=1)
-    """Sequences per rank per forward/backward (gradient accumulation fills the mini-batch)."""
+    """Sequences per rank per forward/backward (gradient accumulation fills the mini-batch), when no
+    ``max_tokens_per_micro_batch`` is set."""
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    """Token budget of one forward/backward on one rank (verl's ``ppo_max_token_len_per_gpu``, accepted as
+    an alias): each mini-batch's sequences are balanced over the ranks and cut into micro-batches of at most
+    this many tokens (padding included when ``packing`` is off); a longer sequence runs alone. Replaces
+    ``micro_batch_size``. None: ``micro_batch_size`` sequences per micro-batch."""
+    packing: bool = True
+    """Run each micro-batch's sequences as one packed row (position ids restarting per sequence, no
+    cross-sequence attention) instead of right-padded rows: no compute on padding, same logprobs. Used
+    where it is checked exact (the conformance architectures); elsewhere padded with a warning."""
     recompute_old_logprobs: bool = True
     """Recompute the behaviour policy's logprobs on the learner (exact) instead of using the engine's
     (``algo.rollout_correction.bypass = true`` overrides it)."""
@@ -375,6 +385,16 @@ class LearnerConfig(_Section):
     """Rows of logits upcast at a time when computing token logprobs."""
     step_timeout_s: float = Field(1800.0, gt=0.0)
     """Deadline for one learner call (train step, logprob pass) on every rank."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ppo_max_token_len_per_gpu" in data:
+            data = dict(data)
+            if "max_tokens_per_micro_batch" in data:
+                raise ValueError("set one of ppo_max_token_len_per_gpu / max_tokens_per_micro_batch (they are aliases)")
+            data["max_tokens_per_micro_batch"] = data.pop("ppo_max_token_len_per_gpu")
+        return data
 
 
 class SyncConfig(_Section):
@@ -525,14 +545,6 @@ def cross_field_errors(cfg: Config) -> list[str]:
         errors.append(
             f"learner.mini_batch_size = {lrn.mini_batch_size} must divide data.train_batch_size = "
             f"{d.train_batch_size} (both count prompts)"
-        )
-    seqs_per_minibatch = lrn.mini_batch_size * r.num_generations
-    per_pass = lrn.num_ranks * lrn.micro_batch_size
-    if seqs_per_minibatch % per_pass:
-        errors.append(
-            f"a mini-batch of learner.mini_batch_size x rollout.num_generations = {lrn.mini_batch_size} x "
-            f"{r.num_generations} = {seqs_per_minibatch} sequences is not divisible by learner.num_ranks x "
-            f"learner.micro_batch_size = {lrn.num_ranks} x {lrn.micro_batch_size} = {per_pass}"
         )
     context = model_context_length(cfg.model)
     total = d.max_prompt_length + d.max_response_length

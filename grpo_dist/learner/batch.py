@@ -31,12 +31,19 @@ class TrainBatch:
     def select(self, index: slice | torch.Tensor) -> TrainBatch:
         return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
 
-    def shard(self, rank: int, world_size: int) -> TrainBatch:
-        """Contiguous slice ``rank`` of ``world_size`` (the caller keeps sizes divisible)."""
-        n = self.num_sequences
-        assert n % world_size == 0, (n, world_size)
-        per = n // world_size
-        return self.select(slice(rank * per, (rank + 1) * per))
+    def placeholder(self) -> TrainBatch:
+        """One two-token row that counts for nothing (loss mask and advantage 0): the pass a rank runs when
+        the others still have a micro-batch and it has none (under ZeRO every pass is a collective)."""
+        zeros = torch.zeros((1, 1), dtype=torch.float32)
+        return TrainBatch(
+            input_ids=torch.zeros((1, 2), dtype=torch.long),
+            attention_mask=torch.ones((1, 2), dtype=torch.long),
+            loss_mask=zeros,
+            advantages=torch.zeros(1),
+            engine_logprobs=zeros,
+            old_logprobs=None if self.old_logprobs is None else zeros,
+            ref_logprobs=None if self.ref_logprobs is None else zeros,
+        )
 
     def trimmed(self) -> TrainBatch:
         """Drop padding columns that no row uses (shards often need fewer than the whole batch)."""

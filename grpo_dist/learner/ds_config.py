@@ -7,9 +7,10 @@ from typing import Any
 from grpo_dist.config import LearnerConfig
 
 
-def build_ds_config(
-    cfg: LearnerConfig, *, micro_batch_size: int, gradient_accumulation_steps: int, world_size: int, bf16: bool
-) -> dict[str, Any]:
+def build_ds_config(cfg: LearnerConfig, *, world_size: int, bf16: bool) -> dict[str, Any]:
+    """Gradient accumulation is unmanaged: micro-batches are cut by tokens, so their number changes from
+    step to step; the learner calls ``backward`` once per micro-batch and ``step`` once per mini-batch, and
+    DeepSpeed's batch-size keys only satisfy its bookkeeping (``micro_batch_size`` x 1 x ranks)."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
     if cfg.zero_stage == 3:
         zero |= {
@@ -18,9 +19,10 @@ def build_ds_config(
             "stage3_gather_16bit_weights_on_model_save": True,
         }
     return {
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "train_batch_size": micro_batch_size * gradient_accumulation_steps * world_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.micro_batch_size * world_size,
+        "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.max_grad_norm,
         "zero_optimization": zero,
         # bf16 has no loss scaling, so ask DeepSpeed to check gradients and skip a non-finite update

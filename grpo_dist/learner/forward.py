@@ -36,7 +36,8 @@ class ForwardSettings:
 
 def fused_head_weight(model: torch.nn.Module) -> tuple[torch.Tensor, float | None] | None:
     """The head's weight and soft-cap where the fused head computes exactly the model's logits, else None."""
-    head = model.get_output_embeddings()  # type: ignore[operator]
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
     if not isinstance(head, torch.nn.Linear) or head.bias is not None:
         return None
     config = model.config  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """``LearnerGroup``: the DeepSpeed ranks as Ray actors in one placement group.
 
 Starts ``learner.num_ranks`` actors packed into a placement group, runs their rendezvous together
-(every rank must enter ``init_distributed`` at the same time), shards each step's batch across them
+(every rank must enter ``init_distributed`` at the same time), cuts each step's batch into every rank's
+work (``learner.work``: sequences balanced by tokens, the same micro-batches for every pass of a step)
 and fans calls out with a deadline. A rank that dies or stalls surfaces as an error naming it.
 """
 
@@ -13,7 +14,8 @@ from typing import Any
 from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
 from grpo_dist.learner.batch import TrainBatch
-from grpo_dist.learner.worker import LearnerWorker, learner_env
+from grpo_dist.learner.work import MicroBatching, RankWork, merge_rows, plan_padding, split_step
+from grpo_dist.learner.worker import LOSS_TOKENS, LearnerWorker, learner_env
 from grpo_dist.placement import RolePlacement
 from grpo_dist.sync.plan import Bucket
 
@@ -39,6 +41,8 @@ class LearnerGroup:
         addr, port = self._call_one(0, "address", timeout_s=timeout)
         infos = self._call_all("setup", addr, port, timeout_s=timeout, what="learner setup")
         logger.info("learner group up: %s", infos)
+        self.packing = bool(infos[0]["packing"])
+        self.last_padding_fraction = 0.0
 
     # -------------------------------------------------------------------------------------------- fan-out
 
@@ -52,26 +56,44 @@ class LearnerGroup:
     def _call_all(self, method: str, *args: Any, timeout_s: float, what: str, **kwargs: Any) -> list[Any]:
         return wait_all(self._refs(method, *args, **kwargs), timeout_s=timeout_s, what=what, names=self.names)
 
-    def _sharded(self, method: str, batch: TrainBatch, *args: Any, what: str, **kwargs: Any) -> list[Any]:
-        refs = [
-            getattr(a, method).remote(batch.shard(r, self.world_size), *args, **kwargs)
-            for r, a in enumerate(self.actors)
-        ]
+    def split(self, batch: TrainBatch) -> list[RankWork]:
+        """Every rank's work for ``batch``: deterministic, so each pass of a step gets the same cut."""
+        lc = self.cfg.learner
+        cut = MicroBatching(
+            max_tokens=lc.max_tokens_per_micro_batch,
+            max_sequences=None if lc.max_tokens_per_micro_batch else lc.micro_batch_size,
+            padded=not self.packing,
+        )
+        works = split_step(
+            batch,
+            num_ranks=self.world_size,
+            num_minibatches=self.cfg.data.train_batch_size // lc.mini_batch_size,
+            cut=cut,
+            loss_agg_mode=self.cfg.algo.loss_agg_mode,
+        )
+        self.last_padding_fraction = plan_padding(batch, works)
+        return works
+
+    def _per_rank(self, method: str, works: list[RankWork], *args: Any, what: str, **kwargs: Any) -> list[Any]:
+        refs = [getattr(a, method).remote(w, *args, **kwargs) for a, w in zip(self.actors, works)]
         return wait_all(refs, timeout_s=self.cfg.learner.step_timeout_s, what=what, names=self.names)
 
     # ----------------------------------------------------------------------------------------------- steps
 
     def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> Any:
-        import torch
-
-        parts = self._sharded("compute_logprobs", batch, reference=reference, what="logprob pass")
-        return torch.cat(parts)
+        works = self.split(batch)
+        parts = self._per_rank("compute_logprobs", works, reference=reference, what="logprob pass")
+        return merge_rows(parts, works, batch.num_sequences, batch.input_ids.shape[1] - 1)
 
     def train(self, batch: TrainBatch, step: int) -> dict[str, float]:
-        per_rank = self._sharded("train", batch, step, what=f"train step {step}")
-        # every rank reports its shard's averages; the group's figure is their mean
-        keys = set().union(*per_rank)
-        return {k: sum(m.get(k, 0.0) for m in per_rank) / len(per_rank) for k in sorted(keys)}
+        works = self.split(batch)
+        per_rank = self._per_rank("train", works, step, what=f"train step {step}")
+        out = combine_rank_metrics(per_rank)
+        # what the padded path would have computed as padding in these micro-batches (packing saves it)
+        out["learner/padding_fraction"] = self.last_padding_fraction if not self.packing else 0.0
+        out["learner/padding_saved_fraction"] = self.last_padding_fraction if self.packing else 0.0
+        out["learner/micro_batches_per_rank"] = float(works[0].num_micro_batches)
+        return out
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         return self._call_all(
@@ -117,3 +139,25 @@ class LearnerGroup:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.placement.remove()
+
+
+#: rank metrics that are already the group's figure on every rank, or a per-rank share the mean recombines
+_RANK_MEAN_KEYS = ("loss", "grad_norm", "lr", "num_skipped_updates", "consecutive_nonfinite")
+
+
+def combine_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """The group's metrics from each rank's: token-averaged metrics weighted by each rank's loss tokens
+    (ranks hold different numbers of tokens), the others (global already, or shares of the loss that
+    sum to world_size x the loss) as the mean over ranks."""
+    weights = [m.get(LOSS_TOKENS, 0.0) for m in per_rank]
+    total = sum(weights)
+    keys = set().union(*per_rank) - {LOSS_TOKENS}
+    out: dict[str, float] = {}
+    for k in sorted(keys):
+        values = [m.get(k, 0.0) for m in per_rank]
+        if k in _RANK_MEAN_KEYS or k.startswith("rollout_corr/") or total == 0:
+            out[k] = sum(values) / len(values)
+        else:
+            out[k] = sum(v * w for v, w in zip(values, weights)) / total
+    out[LOSS_TOKENS] = total
+    return out

@@ -1,15 +1,17 @@
 """``LearnerWorker``: one DeepSpeed ZeRO data-parallel rank.
 
 Each rank holds a DeepSpeed engine around the policy (and, when ``algo.kl_coef > 0``, a frozen
-reference model), computes logprobs and the GRPO loss from ``grpo_dist.algo`` on its shard of the
-batch, and takes part in weight publication (under ZeRO-3 every rank helps gather each bucket; rank 0
-sends it). Plain class: ``LearnerGroup`` wraps it in Ray actors.
+reference model), computes logprobs and the GRPO loss from ``grpo_dist.algo`` on the work the driver
+cut for it (``learner.work.RankWork``: its sequences, their micro-batches, each mini-batch's global loss
+denominator), and takes part in weight publication (under ZeRO-3 every rank helps gather each bucket;
+rank 0 sends it). Plain class: ``LearnerGroup`` wraps it in Ray actors.
 
-Loss normalisation is independent of how the batch is split: before each mini-batch the ranks
-all-reduce the mini-batch's loss denominator (token or sequence count), every micro-batch loss is
-divided by that global count, and DeepSpeed's gradient averaging over ranks is undone by
-``data_parallel_denominator``; so the update equals the one a single process would make on the whole
-mini-batch.
+Loss normalisation is independent of how the batch is split: every micro-batch loss is divided by its
+mini-batch's global count (tokens or sequences, counted by the driver), and DeepSpeed's gradient
+averaging over ranks is undone by ``data_parallel_denominator``; so the update equals the one a single
+process would make on the whole mini-batch. The number of micro-batches varies from step to step (a
+token budget cuts by length), so DeepSpeed runs with unmanaged gradient accumulation: ``backward`` per
+micro-batch, ``step`` once per mini-batch.
 """
 
 from __future__ import annotations
@@ -29,10 +31,16 @@ from grpo_dist import algo
 from grpo_dist.config import Config
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.ds_config import build_ds_config
+from grpo_dist.learner.forward import ForwardSettings, token_outputs
 from grpo_dist.learner.schedule import lr_factor
+from grpo_dist.learner.work import RankWork
 from grpo_dist.sync.plan import Bucket, ParamMeta, checksum, make_buckets
 
 logger = logging.getLogger(__name__)
+
+
+LOSS_TOKENS = "learner/loss_tokens"
+"""The tokens of a rank's loss in a step: the weight of its token-averaged metrics in the group's mean."""
 
 
 def learner_env(device: str) -> dict[str, str]:
@@ -64,6 +72,7 @@ class LearnerWorker:
         self.version = 0
         self.consecutive_nonfinite = 0
         self._sender: Any = None
+        self.packing = cfg.learner.packing  # setup() turns it off for an architecture it is not exact on
 
     # ---------------------------------------------------------------------------------------------- setup
 
@@ -94,6 +103,7 @@ class LearnerWorker:
             timeout=datetime.timedelta(seconds=lc.step_timeout_s),
         )
         attn = self._attn_implementation()
+        self.packing = self._packing_exact(attn)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, attn_implementation=attn)
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -106,13 +116,7 @@ class LearnerWorker:
                 s, warmup_steps=lc.warmup_steps, total_steps=total, kind=lc.lr_scheduler, min_ratio=lc.min_lr_ratio
             ),
         )
-        ds_config = build_ds_config(
-            lc,
-            micro_batch_size=lc.micro_batch_size,
-            gradient_accumulation_steps=self.num_micro_per_minibatch,
-            world_size=self.world_size,
-            bf16=self.bf16,
-        )
+        ds_config = build_ds_config(lc, world_size=self.world_size, bf16=self.bf16)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
@@ -122,65 +126,91 @@ class LearnerWorker:
             )
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
         self.plan = make_buckets(self._param_metas(), int(self.cfg.sync.bucket_size_mb * (1 << 20)))
-        return {"rank": self.rank, "pid": os.getpid(), "num_params": sum(p.numel for p in self._param_metas())}
+        return {
+            "rank": self.rank,
+            "pid": os.getpid(),
+            "num_params": sum(p.numel for p in self._param_metas()),
+            "packing": self.packing,
+            "attn_implementation": attn or "default",
+        }
+
+    def _hf_config(self) -> dict[str, Any]:
+        import json
+
+        with open(os.path.join(self.model_path, "config.json")) as f:
+            return json.load(f)
 
     def _attn_implementation(self) -> str | None:
         """transformers' attention path that computes what vLLM computes (``eager`` for soft-capped
-        attention, which ``sdpa`` silently drops), or None for transformers' default."""
-        import json
+        attention, which ``sdpa`` silently drops), flash-attention's varlen kernel for packed rows on a GPU
+        where it is installed, or None for transformers' default."""
+        import importlib.util
 
         from grpo_dist.models.support import learner_attn_implementation
 
-        with open(os.path.join(self.model_path, "config.json")) as f:
-            return learner_attn_implementation(json.load(f))
+        attn = learner_attn_implementation(self._hf_config())
+        if attn is None and self.packing and self.device_name == "cuda" and importlib.util.find_spec("flash_attn"):
+            return "flash_attention_2"
+        return attn
+
+    def _packing_exact(self, attn: str | None) -> bool:
+        from grpo_dist.models.support import packing_exact
+
+        if not self.cfg.learner.packing:
+            return False
+        if packing_exact(self._hf_config()):
+            return True
+        logger.warning("learner.packing: not checked exact for this architecture; micro-batches are padded")
+        return False
 
     @property
     def num_minibatches(self) -> int:
         return self.cfg.data.train_batch_size // self.cfg.learner.mini_batch_size
 
-    @property
-    def num_micro_per_minibatch(self) -> int:
+    def _forward_settings(self, *, temperature: float | None = None) -> ForwardSettings:
         lc = self.cfg.learner
-        per_rank = lc.mini_batch_size * self.cfg.rollout.num_generations // self.world_size
-        return per_rank // lc.micro_batch_size
+        return ForwardSettings(
+            packing=self.packing,
+            temperature=self.cfg.rollout.temperature if temperature is None else temperature,
+            chunk_size=lc.logprob_chunk_size,
+            fused_head=lc.zero_stage != 3,
+        )
 
     # ------------------------------------------------------------------------------------------- logprobs
 
     def _forward_logprobs(self, model: torch.nn.Module, batch: TrainBatch, *, with_entropy: bool = False):
-        ids = batch.input_ids.to(self.device)
-        out = model(input_ids=ids, attention_mask=batch.attention_mask.to(self.device), use_cache=False)
-        logits = out.logits[:, :-1]  # [n, L-1, V]
-        temperature = self.cfg.rollout.temperature
-        chunk = self.cfg.learner.logprob_chunk_size
-        lp = algo.token_logprobs(logits, ids[:, 1:], temperature=temperature, chunk_size=chunk)
-        entropy = None
-        if with_entropy:
-            if self.cfg.algo.entropy_coef > 0:
-                entropy = algo.token_entropy(logits, temperature=temperature, chunk_size=chunk)
-            else:
-                with torch.no_grad():
-                    entropy = algo.token_entropy(logits.detach(), temperature=temperature, chunk_size=chunk)
-        return lp, entropy
+        """``([n, W-1]`` logprobs, ``[n, W-1]`` entropies or None``)`` of one micro-batch."""
+        entropy_grad = with_entropy and self.cfg.algo.entropy_coef > 0
+        lp, entropy = token_outputs(
+            model, batch.input_ids, batch.attention_mask, self._forward_settings(), entropy_grad=entropy_grad
+        )
+        return lp, entropy if with_entropy else None
 
-    def _micro_batches(self, batch: TrainBatch) -> Iterator[TrainBatch]:
-        size = self.cfg.learner.micro_batch_size
-        for start in range(0, batch.num_sequences, size):
-            yield batch.select(slice(start, start + size)).trimmed()
+    @staticmethod
+    def _micro(work: RankWork, rows: list[int]) -> TrainBatch:
+        """One micro-batch of ``work``, trimmed of unused padding; a zero-weight placeholder when empty."""
+        if not rows:
+            return work.batch.placeholder()
+        return work.batch.select(torch.tensor(rows, dtype=torch.long)).trimmed()
 
     @torch.no_grad()
-    def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> torch.Tensor:
-        """``[n, L-1]`` logprobs of this rank's shard under the current policy (or the reference)."""
+    def compute_logprobs(self, work: RankWork, *, reference: bool = False) -> torch.Tensor:
+        """``[n, L-1]`` logprobs of this rank's sequences under the current policy (or the reference), in
+        ``work.batch``'s row order, computed in the same micro-batches as training."""
         model = self.ref_model if reference else self.engine.module
         assert model is not None
-        width = batch.input_ids.shape[1] - 1
-        parts = []
-        for micro in self._micro_batches(batch):
-            lp, _ = self._forward_logprobs(model, micro)
-            parts.append(torch.nn.functional.pad(lp.float().cpu(), (0, width - lp.shape[1])))
-        return torch.cat(parts)
+        n, width = work.batch.num_sequences, work.batch.input_ids.shape[1] - 1
+        out = torch.zeros((n, width), dtype=torch.float32)
+        for mini in work.micro_batches:
+            for rows in mini:
+                lp, _ = self._forward_logprobs(model, self._micro(work, rows))
+                if rows:
+                    out[torch.tensor(rows, dtype=torch.long), : lp.shape[1]] = lp.float().cpu()
+        return out
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Per-token logprobs of whole sequences at temperature 1 (to compare with an engine's)."""
+        """Per-token logprobs of whole sequences at temperature 1 (to compare with an engine's), through
+        the same forward path (packing, fused head) as training."""
         n = len(sequences)
         width = max(len(s) for s in sequences)
         ids = torch.zeros((n, width), dtype=torch.long)
@@ -189,37 +219,35 @@ class LearnerWorker:
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
         with torch.no_grad():
-            out = self.engine.module(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-            lp = algo.token_logprobs(out.logits[:, :-1], ids[:, 1:].to(self.device)).float().cpu()
+            lp, _ = token_outputs(self.engine.module, ids, mask, self._forward_settings(temperature=1.0))
+        lp = lp.float().cpu()
         return [lp[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
 
     # ------------------------------------------------------------------------------------------- training
 
-    def train(self, batch: TrainBatch, step: int) -> dict[str, float]:
-        """``ppo_epochs`` passes over this rank's shard in mini-batches; one optimizer step per mini-batch."""
-        import deepspeed.comm as dist
-
+    def train(self, work: RankWork, step: int) -> dict[str, float]:
+        """``ppo_epochs`` passes over this rank's work; one optimizer step per mini-batch (every rank runs the
+        same number of micro-batches in each, placeholders included, as the plan guarantees)."""
         lc, ac = self.cfg.learner, self.cfg.algo
         engine = self.engine
         engine.train()
-        per_mini = batch.num_sequences // self.num_minibatches
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         grad_norms: list[float] = []
         num_skipped = 0
         # One optimizer step per training step means the policy has not moved when the loss is computed:
         # the learner's own logprobs are then exactly the old ones and need no extra forward pass.
-        reuse_current = batch.old_logprobs is None and lc.recompute_old_logprobs and not ac.rollout_correction.bypass
+        reuse_current = (
+            work.batch.old_logprobs is None and lc.recompute_old_logprobs and not ac.rollout_correction.bypass
+        )
         mismatch = algo.MismatchStats.empty(self.device)  # every token once: measured in the first epoch
+        num_tokens = 0.0
         for epoch in range(lc.ppo_epochs):
-            for m in range(self.num_minibatches):
-                mini = batch.select(slice(m * per_mini, (m + 1) * per_mini))
-                local = sum(algo.loss_denominator(mb.loss_mask, ac.loss_agg_mode) for mb in self._micro_batches(mini))
-                total = torch.tensor([float(local)], dtype=torch.float64, device=self.device)
-                dist.all_reduce(total)
-                denominator = algo.data_parallel_denominator(float(total.item()), world_size=self.world_size)
-                for micro in self._micro_batches(mini):
-                    lp, entropy = self._forward_logprobs(engine, micro, with_entropy=True)
+            for mini, global_count in zip(work.micro_batches, work.denominators):
+                denominator = algo.data_parallel_denominator(global_count, world_size=self.world_size)
+                for rows in mini:
+                    micro = self._micro(work, rows)
+                    lp, entropy = self._forward_logprobs(engine.module, micro, with_entropy=True)
                     old, is_weights, stats = self._anchor(lp, micro, reuse_current=reuse_current, measure=epoch == 0)
                     if stats is not None:
                         mismatch = mismatch.merged(stats)
@@ -243,14 +271,16 @@ class LearnerWorker:
                         rollout_is_weights=is_weights,
                     )
                     engine.backward(loss, scale_wrt_gas=False)
-                    engine.step()
                     weight = float(micro.loss_mask.sum().item())
+                    if epoch == 0:
+                        num_tokens += weight
                     for k, v in metrics.items():
                         if k in ("num_tokens", "num_sequences", "loss"):
                             continue  # counts, and the loss, which is summed below rather than averaged
                         totals[k] = totals.get(k, 0.0) + v * weight
                         counts[k] = counts.get(k, 0) + int(weight)
                     totals["loss"] = totals.get("loss", 0.0) + float(loss.item())
+                engine.step()  # the mini-batch's boundary: reduce gradients, clip, update
                 norm = engine.get_global_grad_norm()
                 norm = float(norm) if norm is not None else float("nan")
                 if not math.isfinite(norm) or not math.isfinite(totals.get("loss", 0.0)):
@@ -259,13 +289,15 @@ class LearnerWorker:
                     grad_norms.append(norm)
         self.version = step
         self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if num_skipped else 0
+        num_minibatches = len(work.micro_batches)
         out = {k: totals[k] / max(1, counts[k]) for k in counts}
         # each rank holds world_size x its share of the loss: the group's mean over ranks is the global loss
-        out["loss"] = totals.get("loss", 0.0) / (lc.ppo_epochs * self.num_minibatches)
+        out["loss"] = totals.get("loss", 0.0) / (lc.ppo_epochs * num_minibatches)
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         out["lr"] = float(engine.get_lr()[0])
         out["num_skipped_updates"] = float(num_skipped)
         out["consecutive_nonfinite"] = float(self.consecutive_nonfinite)
+        out[LOSS_TOKENS] = num_tokens
         out.update(self._global_mismatch(mismatch))
         return out
 

@@ -72,3 +72,12 @@ def unsupported_reason(hf_config: dict[str, Any], *, device: str = "cpu") -> str
                 f"{', '.join(map(str, sorted(CPU_ATTENTION_HEAD_SIZES)))}"
             )
     return None
+
+
+def packing_exact(hf_config: dict[str, Any]) -> bool:
+    """Whether packed rows (``learner.packing``) are known to give the padded path's logprobs for this model:
+    the architectures whose packed, padded and fused-head outputs the tests compare (all of ``CONFORMANT``,
+    transformers' position-id packing detection). Others train padded rather than risk cross-sequence
+    attention."""
+    architectures = _text_config(hf_config).get("architectures") or hf_config.get("architectures") or []
+    return any(a in CONFORMANT for a in architectures)

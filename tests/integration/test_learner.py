@@ -61,3 +61,47 @@ def test_nonfinite_loss_skips_the_update(local_ray: None, tiny_assets: dict[str,
         assert group.sequence_logprobs(probe) != before
     finally:
         group.shutdown()
+
+
+def test_real_deepspeed_update_is_the_same_for_any_cut_and_rank_count(
+    local_ray: None, tiny_assets: dict[str, str]
+) -> None:
+    """ZeRO-2 with unmanaged accumulation over a varying number of micro-batches: one rank with one
+    sequence per padded pass, and two ranks packed under a token budget, report the same loss and the same
+    pre-clip gradient norm for the same batch (the update DeepSpeed applies is then the same)."""
+    from transformers import AutoTokenizer
+
+    from grpo_dist.config import load_config
+    from grpo_dist.learner.group import LearnerGroup
+    from grpo_dist.placement import RolePlacement, role_specs
+
+    tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    base = [
+        f"model.path={tiny_assets['model']}",
+        "learner.zero_stage=2",
+        "algo.kl_coef=0.0",
+        "learner.mini_batch_size=4",
+    ]
+    cuts = {
+        "1 rank, padded, 1 sequence per pass": [
+            "learner.num_ranks=1",
+            "learner.packing=false",
+            "learner.micro_batch_size=1",
+        ],
+        "2 ranks, packed, 24-token budget": ["learner.num_ranks=2", "learner.ppo_max_token_len_per_gpu=24"],
+    }
+    results = {}
+    for name, extra in cuts.items():
+        cfg = load_config(TINY_CONFIG, [*base, *extra])
+        placement = RolePlacement(role_specs(cfg, "cpu")["learner"], timeout_s=60)
+        group = LearnerGroup(cfg, placement=placement, model_path=tiny_assets["model"], device="cpu")
+        try:
+            n = cfg.data.train_batch_size * cfg.rollout.num_generations
+            results[name] = group.train(_batch(tok, n, nan=False), step=1)
+        finally:
+            group.shutdown()
+    one, two = results.values()
+    assert two["learner/micro_batches_per_rank"] < one["learner/micro_batches_per_rank"]
+    assert one["grad_norm"] > 0
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-8)

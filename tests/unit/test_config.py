@@ -60,18 +60,19 @@ def test_unknown_section_is_rejected() -> None:
     assert "optimizer: unknown key" in _errors(["optimizer.lr=1"])
 
 
-def test_batch_not_divisible_by_ranks_times_micro_batch() -> None:
-    msg = _errors(
-        [
-            "learner.num_ranks=3",
-            "learner.micro_batch_size=2",
-            "learner.mini_batch_size=4",
-            "data.train_batch_size=8",
-            "rollout.num_generations=4",
-        ]
-    )
-    assert "learner.num_ranks x learner.micro_batch_size = 3 x 2 = 6" in msg
-    assert "4 x 4 = 16 sequences" in msg
+def test_any_mini_batch_splits_over_any_ranks_and_micro_batches() -> None:
+    # the planner balances uneven counts (16 sequences over 3 ranks in micro-batches of 2): no divisibility rule
+    ok = ["learner.num_ranks=3", "learner.micro_batch_size=2", "learner.mini_batch_size=4", "data.train_batch_size=8"]
+    cfg = parse_config(apply_overrides({}, [*ok, "rollout.num_generations=4"]))
+    assert cfg.learner.num_ranks == 3
+
+
+def test_verl_token_budget_name_is_an_alias() -> None:
+    cfg = parse_config(apply_overrides({}, ["learner.ppo_max_token_len_per_gpu=4096"]))
+    assert cfg.learner.max_tokens_per_micro_batch == 4096
+    both = ["learner.ppo_max_token_len_per_gpu=1", "learner.max_tokens_per_micro_batch=2"]
+    assert "they are aliases" in _errors(both)
+    assert "learner.max_tokens_per_micro_batch" in _errors(["learner.max_tokens_per_micro_batch=0"])
 
 
 def test_mini_batch_must_divide_train_batch() -> None:

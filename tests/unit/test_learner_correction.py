@@ -13,8 +13,10 @@ from grpo_dist.algo.rollout_correction import FRAC_CLIPPED, IS_RATIO_MAX, LOGP_D
 from grpo_dist.config import Config, apply_overrides, parse_config
 from grpo_dist.controller import ScoredBatch, Trainer
 from grpo_dist.learner.batch import TrainBatch
+from grpo_dist.learner.work import MicroBatching, split_step
 from grpo_dist.learner.worker import LearnerWorker
 from grpo_dist.types import Completion, Prompt, RolloutGroup, ScoredGroup
+from tests.unit.fake_engine import FakeEngine
 
 LN = math.log
 
@@ -191,44 +193,6 @@ def test_std_correction_reaches_the_advantages() -> None:
 # ------------------------------------------------------------------------------ train() with a fake engine
 
 
-class _TinyLM(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb = torch.nn.Embedding(7, 4)
-        self.head = torch.nn.Linear(4, 7)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = False) -> object:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(logits=self.head(self.emb(input_ids)))
-
-
-class _FakeEngine:
-    """The parts of a DeepSpeed engine ``train()`` uses; backward accumulates plain gradients, no update."""
-
-    def __init__(self) -> None:
-        self.module = _TinyLM()
-
-    def __call__(self, **kwargs: torch.Tensor) -> object:
-        return self.module(**kwargs)
-
-    def train(self) -> None:
-        self.module.train()
-
-    def backward(self, loss: torch.Tensor, scale_wrt_gas: bool = False) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        pass
-
-    def get_global_grad_norm(self) -> float:
-        return 1.0
-
-    def get_lr(self) -> list[float]:
-        return [1e-5]
-
-
 def _train(monkeypatch: pytest.MonkeyPatch, *overrides: str, engine_shift: dict[tuple[int, int], float] | None = None):
     import deepspeed.comm
 
@@ -242,7 +206,7 @@ def _train(monkeypatch: pytest.MonkeyPatch, *overrides: str, engine_shift: dict[
         "algo.kl_coef=0",
         *overrides,
     )
-    worker.engine = _FakeEngine()
+    worker.engine = FakeEngine()
     ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 5, 6, 0], [2, 3, 4, 4, 4], [2, 3, 1, 0, 0]])
     attention = (torch.arange(5) < torch.tensor([[5], [4], [5], [3]])).long()
     mask = torch.zeros(4, 4)
@@ -250,11 +214,19 @@ def _train(monkeypatch: pytest.MonkeyPatch, *overrides: str, engine_shift: dict[
         mask[i, 1 : n - 1] = 1.0  # prompt of 2 tokens, the rest is the response
     batch = TrainBatch(ids, attention, mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.zeros(4, 4))
     with torch.no_grad():
-        lp, _ = worker._forward_logprobs(worker.engine, batch)
+        lp, _ = worker._forward_logprobs(worker.engine.module, batch)
     engine_lp = (lp * mask).clone()
     for (i, t), shift in (engine_shift or {}).items():
         engine_lp[i, t] -= shift
-    out = worker.train(replace(batch, engine_logprobs=engine_lp), step=1)
+    (work,) = split_step(
+        replace(batch, engine_logprobs=engine_lp),
+        num_ranks=1,
+        num_minibatches=1,
+        cut=MicroBatching(max_tokens=None, max_sequences=2, padded=False),
+        loss_agg_mode=worker.cfg.algo.loss_agg_mode,
+    )
+    assert [sorted(work.rows[i] for i in m) for m in work.micro_batches[0]] == [[0, 2], [1, 3]]  # longest first
+    out = worker.train(work, step=1)
     grads = torch.cat([p.grad.flatten() for p in worker.engine.module.parameters()])
     return out, grads
 
@@ -272,7 +244,7 @@ def test_train_reports_rollout_corr_metrics_and_engine_equal_to_learner_changes_
 
 def test_train_mismatch_is_a_true_max_over_micro_batches_and_the_weights_act(monkeypatch: pytest.MonkeyPatch) -> None:
     # the learner's logprob of token (3, 1) is 2.0 above the engine's (ratio e^2 > tis_clip), of (0, 1) 0.3:
-    # different micro-batches (rows 0-1 and 2-3) with different token counts (5 and 4)
+    # different micro-batches (rows 0, 2 and 1, 3: longest first) with different token counts (6 and 3)
     shift = {(3, 1): 2.0, (0, 1): 0.3}
     out, grads = _train(monkeypatch, engine_shift=shift)
     assert out[LOGP_DIFF_MAX] == pytest.approx(2.0, abs=1e-5)
