@@ -17,7 +17,7 @@ from grpo_dist.models.zoo import FAMILIES, build_tiny
 PADDED_FULL = ForwardSettings(packing=False, temperature=0.8, chunk_size=7, fused_head=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(family: str, root: str) -> torch.nn.Module:
     import json
 
