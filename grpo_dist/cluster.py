@@ -94,29 +94,79 @@ def cpu_ids_for(index: int, count: float) -> list[int]:
 
 
 class ActorDiedError(RuntimeError):
-    """An actor died while the driver waited on it; ``dead`` names which."""
+    """An actor died while the driver waited on it; ``dead`` names which, ``killed_for_memory`` the ones Ray's
+    memory monitor (or the kernel's OOM killer) killed."""
 
-    def __init__(self, message: str, *, dead: list[str]) -> None:
+    def __init__(self, message: str, *, dead: list[str], killed_for_memory: list[str] | None = None) -> None:
         super().__init__(message)
         self.dead = dead
+        self.killed_for_memory = killed_for_memory or []
+
+
+# what Ray's memory monitor writes when it kills a worker; NOT "OOM killer", which Ray lists among the possible
+# causes of every unexplained death (a kernel OOM kill cannot be told apart from other SIGKILLs here)
+_MEMORY_DEATH_MARKERS = ("running low on memory", "memory usage threshold")
+
+
+def death_cause(error: BaseException) -> str:
+    """One line on why an actor died, from Ray's error: a memory kill said as such (Ray puts it in the
+    actor's exit detail; the surviving ranks only see a collective's broken connection)."""
+    text = str(error)
+    for line in text.splitlines():
+        if any(m in line.lower() for m in _MEMORY_DEATH_MARKERS):
+            return f"killed for memory ({line.strip()})"
+    for line in text.splitlines():
+        if "exit detail" in line.lower() or "exit type" in line.lower():
+            return line.strip().split(" Some common causes include")[0]
+    return "its process exited"
 
 
 def wait_all(refs: list[Any], *, timeout_s: float, what: str, names: list[str]) -> list[Any]:
-    """``ray.get`` with a deadline that names whichever actors did not answer in time, or died."""
+    """``ray.get`` with a deadline that names whichever actors did not answer in time, or died.
+
+    An actor's death is reported as soon as it is known, with its cause, before the errors it provokes in the
+    others (a collective's peer closing its connection) and without waiting out the deadline for actors
+    that now wait forever on the dead one."""
+    import time
+
     import ray
 
-    _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        late = [names[i] for i, r in enumerate(refs) if r in pending]
-        for r in pending:
-            ray.cancel(r, force=False)
-        raise TimeoutError(f"{what}: no answer within {timeout_s:g} s from {', '.join(late)}")
-    results, dead = [], []
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            break
+        for ref in done:
+            try:
+                ray.get(ref, timeout=1.0)
+            except ray.exceptions.RayActorError:
+                pending = []  # someone died: the rest may never answer
+            except Exception:
+                pass
+    results, dead, causes, failures = [], [], [], []
+    unfinished = set(ray.wait(refs, num_returns=len(refs), timeout=0)[1])
     for name, ref in zip(names, refs, strict=True):
+        if ref in unfinished:
+            continue
         try:
             results.append(ray.get(ref, timeout=1.0))
-        except ray.exceptions.RayActorError:
+        except ray.exceptions.RayActorError as exc:
             dead.append(name)
+            causes.append(death_cause(exc))
+        except Exception as exc:
+            failures.append(exc)
     if dead:
-        raise ActorDiedError(f"{what}: {', '.join(dead)} died", dead=dead)
+        for ref in unfinished:
+            ray.cancel(ref, force=False)
+        described = "; ".join(f"{n} died: {c}" for n, c in zip(dead, causes))
+        memory = [n for n, c in zip(dead, causes) if c.startswith("killed for memory")]
+        raise ActorDiedError(f"{what}: {described}", dead=dead, killed_for_memory=memory)
+    if failures:
+        raise failures[0]
+    if unfinished:
+        late = [names[i] for i, r in enumerate(refs) if r in unfinished]
+        for r in unfinished:
+            ray.cancel(r, force=False)
+        raise TimeoutError(f"{what}: no answer within {timeout_s:g} s from {', '.join(late)}")
     return results

@@ -257,7 +257,8 @@ class Trainer:
             # the dead rank held a shard of the ZeRO state: the survivors cannot rebuild it
             hint = self._resume_hint()
             return TrainingAborted(
-                f"step {step}: {', '.join(dead)} died; ZeRO state cannot be rebuilt from the surviving ranks. {hint}"
+                f"step {step}: {', '.join(dead)} died; ZeRO state cannot be rebuilt from the surviving ranks "
+                f"({exc}). {hint}"
             )
         try:
             if self._trained_step < step:  # the step's batch was drawn but not trained on: put it back

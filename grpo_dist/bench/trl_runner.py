@@ -1,7 +1,8 @@
 """Time TRL's ``GRPOTrainer`` on the benchmark workload, for the grpo-dist vs TRL throughput comparison.
 
 Runs with the Python of TRL's own virtual environment (not grpo-dist's), so it is standalone: from grpo-dist it
-imports only ``grpo_dist.reward.builtins`` (stdlib only), and both trainers score with the same ``exact_match``::
+imports only ``grpo_dist.reward.builtins`` (stdlib only), and both trainers score with the same ``exact_match``
+(with the same keyword arguments, ``reward_kwargs``)::
 
     PYTHONPATH=<repo> <trl-venv>/bin/python grpo_dist/bench/trl_runner.py SPEC.json OUT.json
 
@@ -10,6 +11,10 @@ scored, and ONE optimizer update over all of them in micro-batches of ``micro_ba
 the workload does not pin stay TRL's defaults (what a CPU user of TRL runs). Per step it records the wall time,
 the time in TRL's generation method, completions and tokens generated and the mean reward, and writes them with
 the resolved ``GRPOConfig`` to OUT.json. Offline only: no hub access.
+
+Prompts are plain text or chat messages (a ``prompt`` column of ``[{role, content}, ...]``, as grpo-dist's
+chat datasets hold them): TRL applies the model's chat template to those itself, and its completions then
+come back as messages, whose text the reward scores.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ def load_spec(path: str) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if not isinstance(spec[key], str) or not Path(spec[key]).expanduser().exists():
             raise SpecError(f"key {key!r} must be an existing path, got {spec[key]!r}")
+    if not isinstance(spec.setdefault("reward_kwargs", {}), dict):
+        raise SpecError(f"key 'reward_kwargs' must be an object, got {spec['reward_kwargs']!r}")
     if spec["dtype"] not in DTYPES:
         raise SpecError(f"key 'dtype' must be one of {DTYPES}, got {spec['dtype']!r}")
     if spec["num_generations"] < 2:
@@ -72,6 +79,15 @@ def load_spec(path: str) -> dict[str, Any]:
             f"({spec['num_prompts'] * spec['num_generations']})"
         )
     return spec
+
+
+def completion_text(completion: Any) -> str:
+    """A TRL completion's text: the string itself (text prompts) or its messages' contents (chat prompts)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and all(isinstance(m, dict) and "content" in m for m in completion):
+        return "".join(str(m["content"]) for m in completion)
+    raise TypeError(f"unexpected completion {completion!r}: expected a string or a list of chat messages")
 
 
 def jsonable(value: Any) -> Any:
@@ -103,10 +119,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     table = pq.read_table(Path(spec["train_file"]).expanduser(), columns=["prompt", "ground_truth"])
     dataset = datasets.Dataset.from_dict(table.to_pydict())
 
+    reward_kwargs = spec["reward_kwargs"]
+
     def exact_match_reward(prompts: list[Any], completions: list[Any], ground_truth: list[str], **_: Any) -> list:
-        if not all(isinstance(c, str) for c in completions):
-            raise TypeError("expected plain-text completions (string prompts, no chat template)")
-        return [exact_match(None, c, gt, None) for c, gt in zip(completions, ground_truth, strict=True)]
+        texts = [completion_text(c) for c in completions]
+        return [exact_match(None, t, gt, None, **reward_kwargs) for t, gt in zip(texts, ground_truth, strict=True)]
 
     class StepRecorder(transformers.TrainerCallback):
         """Marks ``perf_counter`` at train begin and after every optimizer step; sums generation time per step."""

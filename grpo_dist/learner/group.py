@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from grpo_dist.cluster import wait_all
+from grpo_dist.cluster import ActorDiedError, wait_all
 from grpo_dist.config import Config
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.work import MicroBatching, RankWork, merge_rows, plan_padding, split_step
@@ -76,7 +76,14 @@ class LearnerGroup:
 
     def _per_rank(self, method: str, works: list[RankWork], *args: Any, what: str, **kwargs: Any) -> list[Any]:
         refs = [getattr(a, method).remote(w, *args, **kwargs) for a, w in zip(self.actors, works)]
-        return wait_all(refs, timeout_s=self.cfg.learner.step_timeout_s, what=what, names=self.names)
+        try:
+            return wait_all(refs, timeout_s=self.cfg.learner.step_timeout_s, what=what, names=self.names)
+        except ActorDiedError as exc:
+            if not exc.killed_for_memory:
+                raise
+            raise ActorDiedError(
+                f"{exc}. {memory_advice(self.cfg)}", dead=exc.dead, killed_for_memory=exc.killed_for_memory
+            ) from exc
 
     # ----------------------------------------------------------------------------------------------- steps
 
@@ -139,6 +146,20 @@ class LearnerGroup:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.placement.remove()
+
+
+def memory_advice(cfg: Config) -> str:
+    """What to change when a learner rank was killed for memory, with the values the run used."""
+    lc = cfg.learner
+    if lc.max_tokens_per_micro_batch:
+        cut = f"lower learner.max_tokens_per_micro_batch (now {lc.max_tokens_per_micro_batch})"
+    else:
+        cut = (
+            f"lower learner.micro_batch_size (now {lc.micro_batch_size}) or set a token budget, "
+            "learner.max_tokens_per_micro_batch"
+        )
+    extra = "" if lc.gradient_checkpointing else ", or set learner.gradient_checkpointing=true"
+    return f"A learner rank ran out of memory: {cut}{extra}"
 
 
 #: rank metrics that are already the group's figure on every rank, or a per-rank share the mean recombines

@@ -383,6 +383,7 @@ def _runner_spec(tmp_path: Path, **changes: object) -> Path:
         ({"num_generations": 1}, "'num_generations' must be >= 2"),
         ({"fixed_length": "yes"}, "'fixed_length' must be true or false"),
         ({"model_path": "/nonexistent/model"}, "'model_path' must be an existing path"),
+        ({"reward_kwargs": ["last_number"]}, "'reward_kwargs' must be an object"),
     ],
 )
 def test_trl_runner_refuses_a_bad_spec_naming_the_key(tmp_path: Path, changes: dict, message: str) -> None:
@@ -391,6 +392,18 @@ def test_trl_runner_refuses_a_bad_spec_naming_the_key(tmp_path: Path, changes: d
     assert trl_runner.load_spec(str(_runner_spec(tmp_path))) is not None
     with pytest.raises(trl_runner.SpecError, match=message):
         trl_runner.load_spec(str(_runner_spec(tmp_path, **changes)))
+
+
+def test_trl_runner_scores_chat_completions_by_their_text() -> None:
+    from grpo_dist.bench.trl_runner import completion_text
+    from grpo_dist.reward.builtins import exact_match
+
+    chat = [{"role": "assistant", "content": "6 + 4 = 10."}]
+    assert completion_text(chat) == "6 + 4 = 10."
+    assert completion_text("12") == "12"
+    assert exact_match(None, completion_text(chat), "10", None, extract="last_number") == 1.0
+    with pytest.raises(TypeError, match="expected a string or a list of chat messages"):
+        completion_text([{"role": "assistant"}])
 
 
 def test_summary_keeps_the_headline_figures_only() -> None:
