@@ -17,10 +17,13 @@ Task was killed due to the node running low on memory.
 Memory on the node (IP: 10.0.0.2) where the task was running was 22.31GB / 23.47GB (0.950707), which exceeds \
 the memory usage threshold of 0.95. Ray killed this worker because it was the most recently scheduled task."""
 
-SIGKILL = """The actor died unexpectedly before finishing this task.
-\tclass_name: LearnerWorker
-The actor is dead because its worker process has died. Worker exit type: UNEXPECTED_SYSTEM_EXIT Worker exit \
-detail: Worker unexpectedly exits with a connection error code 2. End of file. Some common causes include: (1) the process was killed by the OOM killer due to high memory usage, (2) ray stop --force was called."""
+SIGKILL = (
+    "The actor died unexpectedly before finishing this task.\n"
+    "\tclass_name: LearnerWorker\n"
+    "The actor is dead because its worker process has died. Worker exit type: UNEXPECTED_SYSTEM_EXIT Worker exit "
+    "detail: Worker unexpectedly exits with a connection error code 2. End of file. Some common causes include: "
+    "(1) the process was killed by the OOM killer due to high memory usage, (2) ray stop --force was called."
+)
 
 
 def test_a_memory_kill_is_named_as_one() -> None:
