@@ -44,13 +44,17 @@ class _HeadLogprobs(torch.autograd.Function):
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=dt, device=hidden.device)
         entropy = torch.empty(n, dtype=dt, device=hidden.device)
+        lse = torch.empty(n, dtype=dt, device=hidden.device)  # kept: backward's softmax is then one exp
         for s in range(0, n, chunk_size):
             z = _chunk_logits(hidden[s : s + chunk_size], weight, softcap, temperature)  # [c, V]
-            lse = torch.logsumexp(z, dim=-1)
-            logp[s : s + chunk_size] = z.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1) - lse
-            p = torch.softmax(z, dim=-1)
-            entropy[s : s + chunk_size] = lse - (p * z).sum(dim=-1)
-        ctx.save_for_backward(hidden, weight, targets)
+            top = z.amax(dim=-1, keepdim=True)
+            p = (z - top).exp_()  # one exp pass serves the logsumexp and the softmax
+            total = p.sum(dim=-1, keepdim=True)
+            chunk_lse = (top + total.log()).squeeze(-1)
+            lse[s : s + chunk_size] = chunk_lse
+            logp[s : s + chunk_size] = z.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1) - chunk_lse
+            entropy[s : s + chunk_size] = chunk_lse - (p.div_(total) * z).sum(dim=-1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.softcap, ctx.chunk_size = temperature, softcap, chunk_size
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
@@ -58,7 +62,7 @@ class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_logp: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[Any, ...]:
-        hidden, weight, targets = ctx.saved_tensors
+        hidden, weight, targets, lse = ctx.saved_tensors
         t, cap, cs = ctx.temperature, ctx.softcap, ctx.chunk_size
         dt = _compute_dtype(hidden)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -68,7 +72,7 @@ class _HeadLogprobs(torch.autograd.Function):
             h = hidden[s : s + cs]
             z = _chunk_logits(h, weight, cap, t)  # [c, V]
             # d logp / d z = onehot(y) - softmax(z); through the temperature and the soft-cap to h W^T
-            g = torch.softmax(z, dim=-1).neg_()
+            g = (z - lse[s : s + cs, None]).exp_().neg_()  # -softmax(z)
             g.scatter_add_(-1, targets[s : s + cs, None], torch.ones_like(g[:, :1]))
             g.mul_(grad_logp[s : s + cs, None].to(dt) / t)
             if cap is not None:

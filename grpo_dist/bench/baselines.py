@@ -91,20 +91,36 @@ class RawVllm:
         return {"seconds": seconds, "tokens": float(sum(len(o.token_ids) for out in outs for o in out.outputs))}
 
 
-def _plain_train_step(model: Any, optimizer: Any, batch: Any, micro: int, max_grad_norm: float) -> None:
-    """One optimizer step of a plain policy-gradient loss over ``batch`` in micro-batches of ``micro``."""
+def _plain_train_step(
+    model: Any, optimizer: Any, batch: Any, micro: int, max_grad_norm: float, *, packed_tokens: int | None = None
+) -> None:
+    """One optimizer step of a plain policy-gradient loss over ``batch``: in padded micro-batches of
+    ``micro`` sequences, or with ``packed_tokens`` in packed rows of at most that many tokens (the learner's
+    forward path, ``learner.forward``, in this one process)."""
     import torch
+
+    from grpo_dist.learner.forward import ForwardSettings, token_outputs
+    from grpo_dist.learner.microbatch_plan import plan_micro_batches
 
     n = batch.input_ids.shape[0]
     denominator = float(batch.loss_mask.sum())
-    for start in range(0, n, micro):
-        sl = slice(start, start + micro)
-        ids, att = batch.input_ids[sl], batch.attention_mask[sl]
-        logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    if packed_tokens is None:
+        cuts = [list(range(start, min(start + micro, n))) for start in range(0, n, micro)]
+    else:
+        lengths = [int(x) for x in batch.attention_mask.sum(dim=1)]
+        (cuts,) = plan_micro_batches(lengths, num_ranks=1, max_tokens=packed_tokens)
+    for rows in cuts:
+        sub = batch.select(torch.tensor(rows, dtype=torch.long)).trimmed()
+        if packed_tokens is None:
+            ids, att = sub.input_ids, sub.attention_mask
+            logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
+            lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        else:
+            settings = ForwardSettings(packing=True, temperature=1.0, chunk_size=1024)
+            lp, _ = token_outputs(model, sub.input_ids, sub.attention_mask, settings)
         # the clipped-ratio surrogate at ratio 1 has this gradient: advantage x d logprob
         ratio_ = torch.exp(lp - lp.detach())
-        loss = -(batch.advantages[sl, None] * ratio_ * batch.loss_mask[sl]).sum() / denominator
+        loss = -(sub.advantages[:, None] * ratio_ * sub.loss_mask).sum() / denominator
         loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
@@ -196,14 +212,24 @@ class IdealStep:
     """The ideal synchronous step, in one process on all cores: raw vLLM generate, one plain torch train
     step on the generated sequences, one in-process weight reload (no transfer at all)."""
 
-    def __init__(self, *, engine: dict[str, Any], lr: float, threads: int, seed: int) -> None:
+    def __init__(
+        self, *, engine: dict[str, Any], lr: float, threads: int, seed: int, packed_tokens: int | None = None
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
         self.llm = _llm(**engine)
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
-        self.model = AutoModelForCausalLM.from_pretrained(engine["model_path"], dtype=torch.float32)
+        self.packed_tokens = packed_tokens
+        attn = None
+        if packed_tokens is not None:
+            from grpo_dist.learner.varlen_attention import register
+
+            attn = register()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            engine["model_path"], dtype=torch.float32, attn_implementation=attn
+        )
         self.model.config.use_cache = False
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
@@ -249,7 +275,7 @@ class IdealStep:
             mask[i, plen - 1 : len(r) - 1] = 1.0
         adv = torch.randn(len(rows))
         batch = TrainBatch(ids, att, mask, adv, torch.zeros_like(mask))
-        _plain_train_step(self.model, self.optimizer, batch, micro, max_grad_norm)
+        _plain_train_step(self.model, self.optimizer, batch, micro, max_grad_norm, packed_tokens=self.packed_tokens)
         t2 = time.perf_counter()
         weights = ((k, v.detach()) for k, v in self.model.named_parameters())
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})

@@ -15,6 +15,7 @@ from typing import Any
 from grpo_dist.bench.common import Settings, bench_config, settings_for
 from grpo_dist.bench.e2e import bench_e2e
 from grpo_dist.bench.learner import bench_learner
+from grpo_dist.bench.packing import bench_packing
 from grpo_dist.bench.records import (
     BENCHMARKS,
     SCHEMA,
@@ -28,6 +29,7 @@ from grpo_dist.bench.records import (
 from grpo_dist.bench.rollout import bench_rollout
 from grpo_dist.bench.sync import bench_sync
 from grpo_dist.bench.vs_trl import bench_trl
+from grpo_dist.bench.vs_trl_real import bench_trl_real
 
 logger = logging.getLogger("grpo_dist.bench")
 
@@ -38,6 +40,8 @@ RUNNERS: dict[str, Callable[[Settings], tuple[dict[str, Any], list[dict[str, Any
     "sync": bench_sync,
     "e2e": bench_e2e,
     "trl": bench_trl,
+    "packing": bench_packing,
+    "trl-real": bench_trl_real,
 }
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import enum
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -238,6 +239,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "warmup_steps": spec["warmup_steps"],
         "threads": torch.get_num_threads(),
         "wall_s": wall_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: kB
     }
 
 

@@ -55,9 +55,15 @@ def token_outputs(
     settings: ForwardSettings,
     *,
     entropy_grad: bool = False,
+    needed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n, W]`` right-padded rows -> ``([n, W-1]`` logprobs of each next token, ``[n, W-1]`` entropies``)``;
-    0 where a row has no next token. Entropies carry a gradient only with ``entropy_grad``."""
+    0 where a row has no next token. Entropies carry a gradient only with ``entropy_grad``.
+
+    ``needed`` (``[n, W-1]`` bool, e.g. the loss mask): the positions whose values the caller reads. With the
+    fused head only those go through the LM head (a prompt's positions are a third of a GRPO batch's and the
+    head a fifth of a small model's compute); the others come back as 0. Without it every position is
+    computed."""
     device = next(model.parameters()).device
     ids = input_ids.to(device)
     n, width = ids.shape
@@ -75,6 +81,16 @@ def token_outputs(
         hidden = base(**kwargs).last_hidden_state  # [1, S, H] or [n, W, H]
         hidden = hidden[0, :-1] if settings.packing else hidden[:, :-1].reshape(-1, hidden.shape[-1])
         weight, softcap = head
+        if needed is not None:
+            keep = needed.to(device).bool()  # [n, W-1]
+            if settings.packing:
+                keep = keep & row.valid.to(device)
+            flat = row.gather_index.to(device)[keep] if settings.packing else torch.nonzero(keep.flatten()).flatten()
+            lp, entropy = head_token_logprobs(
+                hidden[flat], weight, targets[flat], temperature=t, softcap=softcap, chunk_size=chunk
+            )
+            zeros = torch.zeros(keep.shape, dtype=lp.dtype, device=device)
+            return zeros.masked_scatter(keep, lp), zeros.masked_scatter(keep, entropy)  # row-major, as ``flat``
         lp, entropy = head_token_logprobs(hidden, weight, targets, temperature=t, softcap=softcap, chunk_size=chunk)
     else:
         logits = model(**kwargs).logits  # [1, S, V] or [n, W, V]

@@ -102,8 +102,8 @@ class LearnerWorker:
             dist_backend="gloo" if self.device_name == "cpu" else "nccl",
             timeout=datetime.timedelta(seconds=lc.step_timeout_s),
         )
+        self.packing = self._packing_exact()
         attn = self._attn_implementation()
-        self.packing = self._packing_exact(attn)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, attn_implementation=attn)
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -142,18 +142,22 @@ class LearnerWorker:
 
     def _attn_implementation(self) -> str | None:
         """transformers' attention path that computes what vLLM computes (``eager`` for soft-capped
-        attention, which ``sdpa`` silently drops), flash-attention's varlen kernel for packed rows on a GPU
-        where it is installed, or None for transformers' default."""
+        attention, which ``sdpa`` silently drops); for packed rows, flash-attention's varlen kernel on a GPU
+        where it is installed, else sdpa one sequence at a time (``varlen_attention``); None for
+        transformers' default."""
         import importlib.util
 
+        from grpo_dist.learner.varlen_attention import register
         from grpo_dist.models.support import learner_attn_implementation
 
         attn = learner_attn_implementation(self._hf_config())
-        if attn is None and self.packing and self.device_name == "cuda" and importlib.util.find_spec("flash_attn"):
+        if attn is not None or not self.packing:
+            return attn
+        if self.device_name == "cuda" and importlib.util.find_spec("flash_attn"):
             return "flash_attention_2"
-        return attn
+        return register()
 
-    def _packing_exact(self, attn: str | None) -> bool:
+    def _packing_exact(self) -> bool:
         from grpo_dist.models.support import packing_exact
 
         if not self.cfg.learner.packing:
@@ -182,7 +186,12 @@ class LearnerWorker:
         """``([n, W-1]`` logprobs, ``[n, W-1]`` entropies or None``)`` of one micro-batch."""
         entropy_grad = with_entropy and self.cfg.algo.entropy_coef > 0
         lp, entropy = token_outputs(
-            model, batch.input_ids, batch.attention_mask, self._forward_settings(), entropy_grad=entropy_grad
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            self._forward_settings(),
+            entropy_grad=entropy_grad,
+            needed=batch.loss_mask > 0,  # everything downstream reads the loss positions only
         )
         return lp, entropy if with_entropy else None
 

@@ -11,6 +11,8 @@ import torch
 
 from grpo_dist.learner.forward import ForwardSettings, fused_head_weight, token_outputs
 from grpo_dist.learner.packing import pack
+from grpo_dist.learner.varlen_attention import register as register_varlen
+from grpo_dist.learner.varlen_attention import sequence_bounds
 from grpo_dist.models.support import learner_attn_implementation
 from grpo_dist.models.zoo import FAMILIES, build_tiny
 
@@ -18,13 +20,17 @@ PADDED_FULL = ForwardSettings(packing=False, temperature=0.8, chunk_size=7, fuse
 
 
 @functools.cache
-def _model(family: str, root: str) -> torch.nn.Module:
+def _model(family: str, root: str, varlen: bool = False) -> torch.nn.Module:
+    """The family's tiny model as the learner loads it; ``varlen``: with the per-sequence packed attention
+    where the learner would use it (not where it needs eager attention)."""
     import json
 
     from transformers import AutoModelForCausalLM
 
     path = build_tiny(family, Path(root) / family)
     attn = learner_attn_implementation(json.loads((path / "config.json").read_text()))
+    if varlen and attn is None:
+        attn = register_varlen()
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn).eval()
 
 
@@ -67,15 +73,25 @@ def test_pack_refuses_left_padding() -> None:
 @pytest.mark.parametrize("family", [f.family for f in FAMILIES])
 def test_packed_and_fused_paths_equal_the_padded_full_logits_path(family: str, root: str) -> None:
     model = _model(family, root)
-    ids, mask = _batch(model.config.vocab_size, [9, 3, 14, 6, 2])
+    # lengths beyond the tiny models' sliding windows (where they have one), so the band is exercised too
+    ids, mask = _batch(model.config.vocab_size, [9, 3, 40, 6, 2, 33])
     valid = _valid(mask)
     ref_lp, ref_ent = token_outputs(model, ids, mask, PADDED_FULL)
-    for packing in (False, True):
-        for fused in (False, True):
-            s = ForwardSettings(packing=packing, temperature=0.8, chunk_size=7, fused_head=fused)
-            lp, ent = token_outputs(model, ids, mask, s)
-            assert (lp - ref_lp)[valid].abs().max() < 1e-5, (family, packing, fused)
-            assert (ent - ref_ent)[valid].abs().max() < 1e-5, (family, packing, fused)
+    for varlen in (False, True):
+        m = _model(family, root, varlen)
+        for packing in (False, True):
+            for fused in (False, True):
+                s = ForwardSettings(packing=packing, temperature=0.8, chunk_size=7, fused_head=fused)
+                lp, ent = token_outputs(m, ids, mask, s)
+                assert (lp - ref_lp)[valid].abs().max() < 1e-5, (family, varlen, packing, fused)
+                assert (ent - ref_ent)[valid].abs().max() < 1e-5, (family, varlen, packing, fused)
+        # only the positions asked for: those equal, the rest 0
+        needed = valid & (torch.rand(valid.shape, generator=torch.Generator().manual_seed(5)) < 0.5)
+        for packing in (False, True):
+            s = ForwardSettings(packing=packing, temperature=0.8, chunk_size=7, fused_head=True)
+            lp, ent = token_outputs(m, ids, mask, s, needed=needed)
+            assert (lp - ref_lp)[needed].abs().max() < 1e-5 and (ent - ref_ent)[needed].abs().max() < 1e-5
+            assert not lp[~needed].any() and not ent[~needed].any()
     if family == "gemma2":
         assert fused_head_weight(model) is not None and model.config.final_logit_softcapping  # soft-capped, fused
 
@@ -87,22 +103,33 @@ def test_packed_fused_gradients_equal_the_padded_ones(family: str, root: str) ->
     valid = _valid(mask).float()
     weights = torch.randn(valid.shape, generator=torch.Generator().manual_seed(2)) * valid
 
-    def grads(s: ForwardSettings) -> dict[str, torch.Tensor]:
+    def grads(s: ForwardSettings, needed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         model.zero_grad()
-        lp, _ = token_outputs(model, ids, mask, s)
+        lp, _ = token_outputs(model, ids, mask, s, needed=needed)
         (lp * weights).sum().backward()
         return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
     ref = grads(PADDED_FULL)
-    got = grads(ForwardSettings(packing=True, temperature=0.8, chunk_size=5, fused_head=True))
-    assert ref.keys() == got.keys()
-    for k in ref:
-        # fp32, a different summation order in attention: relative to the tensor's scale (measured <= 6e-6)
-        assert (got[k] - ref[k]).abs().max() <= 1e-4 * ref[k].abs().max(), k
+    packed = ForwardSettings(packing=True, temperature=0.8, chunk_size=5, fused_head=True)
+    for varlen, needed in ((False, None), (True, None), (True, weights != 0)):
+        model = _model(family, root, varlen)
+        got = grads(packed, needed)
+        assert ref.keys() == got.keys()
+        for k in ref:
+            # fp32, a different summation order in attention: relative to the tensor's scale (measured <= 6e-6)
+            assert (got[k] - ref[k]).abs().max() <= 1e-4 * ref[k].abs().max(), (varlen, k)
 
 
-def test_changing_one_packed_sequence_leaves_the_others_unchanged(root: str) -> None:
-    model = _model("qwen2", root)
+def test_sequence_bounds_come_from_restarting_positions() -> None:
+    assert sequence_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]]), 6) == [(0, 3), (3, 5), (5, 6)]
+    assert sequence_bounds(torch.tensor([[0, 1, 2]]), 3) == [(0, 3)]
+    assert sequence_bounds(torch.tensor([[0, 1], [0, 1]]), 2) is None  # a padded batch: not one packed row
+    assert sequence_bounds(None, 4) is None
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_changing_one_packed_sequence_leaves_the_others_unchanged(root: str, varlen: bool) -> None:
+    model = _model("qwen2", root, varlen)
     ids, mask = _batch(model.config.vocab_size, [7, 12, 5])
     s = ForwardSettings(packing=True, temperature=1.0, chunk_size=64)
     before, _ = token_outputs(model, ids, mask, s)

@@ -1,0 +1,274 @@
+"""``bench trl-real``: grpo-dist against TRL's ``GRPOTrainer`` on the workload a user runs here.
+
+SmolLM2-135M-Instruct (the real model of ``configs/smollm2_135m_instruct.yaml``), single-digit sums asked
+as chat questions (``chat-addition-1d``: TRL applies the same chat template itself), G = 8 on 8 prompts,
+answers ending at the model's EOS within ``max_response_length`` 256, the same ``exact_match`` reward
+(``extract: last_number``), one optimizer update per batch, no reference model (TRL's default ``beta`` 0),
+in float32 and in bfloat16, against TRL with its defaults (gradient checkpointing on) and without
+checkpointing. grpo-dist runs the demo layout (2 engines, 2 ZeRO-1 ranks, 1 core each) with its defaults
+(packed micro-batches) and ``LEARNER`` below; TRL runs in its own virtual environment (``vs_trl``).
+
+Each side is measured with the machine's memory sampled (``bench.memory``): the peak the run adds, and each
+process's resident high-water mark. The bound of the step is the ideal synchronous step on grpo-dist's
+very prompts (raw vLLM generate + plain torch on the packed tokens in one process, float32). Answers have
+natural lengths, so the two trainers do not generate the same tokens: the notes give both sides' lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from grpo_dist.bench.baselines import IdealStep
+from grpo_dist.bench.common import (
+    Settings,
+    all_cores,
+    engine_settings,
+    model_facts,
+    private_ray,
+    settle,
+    start_actor,
+)
+from grpo_dist.bench.e2e import e2e_phases, train_seeds
+from grpo_dist.bench.memory import MemorySampler, actor_peaks, peak_rss_mb
+from grpo_dist.bench.records import REPO_ROOT, best, figure
+from grpo_dist.bench.vs_trl import TRL_VERSION, ensure_trl_venv, run_trl, trl_spec
+from grpo_dist.config import load_config
+from grpo_dist.embedded import cache_root
+
+NUM_PROMPTS, GROUP, MAX_RESPONSE = 8, 8, 256
+TRL_MICRO_BATCH = 8  # TRL's per-device batch: 8 completions per forward/backward, 8 accumulation steps
+REWARD_KWARGS = {"extract": "last_number"}
+LEARNER = ["learner.max_tokens_per_micro_batch=4096"]
+WARMUP, STEPS, TRL_STEPS = 1, 2, 1
+GOAL = 2.0
+
+
+def ensure_chat_data() -> tuple[Path, Path]:
+    """``chat-addition-1d``'s train/eval parquet files in the cache (written once)."""
+    from grpo_dist.models.assets import _atomic_build
+    from grpo_dist.tasks.arithmetic import named_task, write_splits
+
+    named = named_task("chat-addition-1d")
+    target = cache_root() / "data" / "chat-addition-1d-seed0"
+
+    def build(tmp: Path) -> None:
+        write_splits(tmp, num_train=named.num_train, num_eval=named.num_eval, seed=0, task=named.task)
+
+    root = _atomic_build(target, build)
+    return root / "train.parquet", root / "eval.parquet"
+
+
+def workload_overrides(s: Settings, model: Path, train: Path, evals: Path, run_dir: Path, dtype: str) -> list[str]:
+    return [
+        f"model.path={model}",
+        f"model.dtype={dtype}",
+        f"data.train_files=[{train}]",
+        f"data.eval_files=[{evals}]",
+        f"data.train_batch_size={NUM_PROMPTS}",
+        f"data.max_response_length={MAX_RESPONSE}",
+        f"rollout.num_generations={GROUP}",
+        "rollout.num_engines=2",
+        "reward.num_workers=2",
+        "algo.kl_coef=0.0",
+        "learner.num_ranks=2",
+        "learner.zero_stage=1",
+        f"learner.mini_batch_size={NUM_PROMPTS}",
+        *LEARNER,
+        f"trainer.total_steps={WARMUP + STEPS}",
+        "trainer.eval_every=0",
+        f"trainer.output_dir={run_dir}",
+        "cluster.device=cpu",
+        "logging.progress=off",
+        "logging.tensorboard=false",
+        "logging.log_rollouts=false",
+        *s.overrides,
+    ]
+
+
+def _grpo_dist(s: Settings, cfg: Any, model: Path, run_dir: Path, with_ideal: bool) -> dict[str, Any]:
+    """grpo-dist's measured steps (and, if asked, the ideal step on the same prompts), with memory."""
+    import os
+
+    import ray
+
+    from grpo_dist.controller import Trainer
+    from grpo_dist.rollout.engine import engine_env
+
+    records, ideal_runs, peaks = [], [], {}
+    cores = all_cores()
+    sampler = MemorySampler()
+    try:
+        with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
+            trainer.start()
+            ideal = None
+            if with_ideal:
+                ideal = start_actor(
+                    IdealStep,
+                    num_cpus=len(cores),
+                    env=engine_env(device="cpu", cpu_ids=cores),
+                    engine=engine_settings(cfg, model, cfg.data.max_prompt_length + cfg.data.max_response_length),
+                    lr=cfg.learner.lr,
+                    threads=len(cores),
+                    seed=cfg.trainer.seed,
+                    packed_tokens=cfg.learner.max_tokens_per_micro_batch,
+                )
+                ray.get(ideal.ready.remote())
+            pad = trainer.tokenizer.pad_token_id
+            for step in range(1, WARMUP + STEPS + 1):
+                state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
+                prompts = [trainer.train_prompts[i] for i in trainer.cursor.next_batch()]
+                trainer.cursor.load_state_dict(state)
+                settle()
+                if step == WARMUP + 1:
+                    sampler.__enter__()
+                records.append(trainer.train_step(step))
+                if ideal is not None:
+                    settle()
+                    seeds = train_seeds(cfg.trainer.seed, step, prompts, GROUP)
+                    ideal_runs.append(
+                        ray.get(
+                            ideal.step.remote(
+                                [list(p.token_ids) for p in prompts],
+                                GROUP,
+                                MAX_RESPONSE,
+                                cfg.rollout.temperature,
+                                8,
+                                cfg.learner.max_grad_norm,
+                                0 if pad is None else int(pad),
+                                seeds=seeds,
+                                ignore_eos=False,
+                            )
+                        )
+                    )
+            sampler.__exit__(None, None, None)
+            peaks = actor_peaks(trainer)
+            peaks["driver"] = peak_rss_mb(os.getpid()) or 0.0
+            if ideal is not None:
+                ray.kill(ideal)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {
+        "records": records[WARMUP:],
+        "ideal": ideal_runs[WARMUP:],
+        "peak_rss_mb": peaks,
+        "machine_peak_added_mb": sampler.peak_added_mb,
+    }
+
+
+def _trl(python: Path, cfg: Any, model: Path, train: Path, dtype: str, checkpointing: bool, s: Settings) -> dict:
+    spec = trl_spec(cfg, model_path=model, train_file=train, s=s, dtype=dtype, checkpointing=checkpointing)
+    spec |= {
+        "micro_batch_size": TRL_MICRO_BATCH,
+        "reward_kwargs": REWARD_KWARGS,
+        "warmup_steps": WARMUP,
+        "steps": TRL_STEPS,
+    }
+    settle()
+    with MemorySampler() as sampler:
+        run = run_trl(python, spec)
+    run["machine_peak_added_mb"] = sampler.peak_added_mb
+    return run
+
+
+def _mean_length(records: list[dict[str, Any]]) -> float:
+    values = [r["response_length/mean"] for r in records if "response_length/mean" in r]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from grpo_dist.models.gguf import ensure_smollm2
+
+    python = ensure_trl_venv()
+    model = ensure_smollm2()
+    train, evals = ensure_chat_data()
+    samples = NUM_PROMPTS * GROUP
+    figures: list[dict[str, Any]] = []
+    runs: dict[str, Any] = {}
+    for dtype in s.trl_dtypes:
+        run_dir = Path(tempfile.mkdtemp(prefix="gd-bench-run-"))
+        cfg = load_config(
+            REPO_ROOT / "configs" / "smollm2_135m_instruct.yaml",
+            workload_overrides(s, model, train, evals, run_dir, dtype),
+        )
+        ours = _grpo_dist(s, cfg, model, run_dir, with_ideal=dtype == "float32")
+        theirs = {ckpt: _trl(python, cfg, model, train, dtype, ckpt, s) for ckpt in s.trl_checkpointing}
+        phases = e2e_phases(ours["records"])
+        my_peak = ours["machine_peak_added_mb"]
+        runs[dtype] = {
+            "grpo_dist_config": cfg.to_dict(),
+            "grpo_dist_phases_s": phases,
+            "grpo_dist_steps": ours["records"],
+            "grpo_dist_peak_rss_mb": ours["peak_rss_mb"],
+            "grpo_dist_machine_peak_added_mb": my_peak,
+            "ideal_steps": ours["ideal"],
+            "trl": {f"gradient_checkpointing={k}": v for k, v in theirs.items()},
+        }
+        split = ", ".join(f"{k} {phases[k]:.1f}" for k in ("rollout", "train", "sync", "idle"))
+        for ckpt, run in theirs.items():
+            trl_s = best(run["step_s"][run["warmup_steps"] :])
+            gen = best(run["generate_s"][run["warmup_steps"] :])
+            trl_len = run["mean_completion_length"][run["warmup_steps"] :]
+            label = "TRL defaults (gradient checkpointing on)" if ckpt else "gradient checkpointing off"
+            figures.append(
+                figure(
+                    benchmark="trl-real",
+                    model="smollm2-135m-instruct",
+                    name=f"train step, {dtype}, vs TRL {run.get('trl_version', TRL_VERSION)}: {label}",
+                    unit="samples/s",
+                    value=samples / phases["step"],
+                    bound=samples / trl_s,
+                    bound_name="TRL GRPOTrainer, same workload",
+                    goal=GOAL,
+                    note=(
+                        f"{samples} samples/step; grpo-dist {phases['step']:.1f} s/step ({split}), mean answer "
+                        f"{_mean_length(ours['records']):.0f} tokens; TRL {trl_s:.1f} s/step (generate {gen:.1f}), "
+                        f"mean answer {sum(trl_len) / max(1, len(trl_len)):.0f} tokens; memory added: grpo-dist "
+                        f"{my_peak / 1024:.1f} GB, TRL {run['machine_peak_added_mb'] / 1024:.1f} GB"
+                    ),
+                    details={"grpo_dist_step_s": [r["timing/step_s"] for r in ours["records"]], "trl_step_s": trl_s},
+                )
+            )
+            figures.append(
+                figure(
+                    benchmark="trl-real",
+                    model="smollm2-135m-instruct",
+                    name=f"peak memory added, {dtype}, vs TRL: {label}",
+                    unit="MB",
+                    value=my_peak,
+                    bound=run["machine_peak_added_mb"],
+                    bound_name="TRL GRPOTrainer, same workload",
+                    higher_is_better=False,
+                    goal=round(1 / 1.5, 3),
+                    note=(
+                        "the machine's used memory above its level before the measured steps, sampled every 0.1 s; "
+                        "grpo-dist per process (MB): "
+                        f"{json.dumps({k: round(v) for k, v in ours['peak_rss_mb'].items()})}"
+                        f"; TRL's process {run.get('peak_rss_mb', float('nan')):.0f} MB"
+                    ),
+                )
+            )
+        if ours["ideal"]:
+            ideal = min(ours["ideal"], key=lambda r: r["step_s"])
+            figures.append(
+                figure(
+                    benchmark="trl-real",
+                    model="smollm2-135m-instruct",
+                    name=f"train step, {dtype}, vs the ideal step",
+                    unit="samples/s",
+                    value=samples / phases["step"],
+                    bound=samples / ideal["step_s"],
+                    bound_name="ideal synchronous step (raw vLLM + plain torch on packed tokens)",
+                    goal=0.9,
+                    note=(
+                        f"grpo-dist {phases['step']:.1f} s ({split}); ideal {ideal['step_s']:.1f} s = generate "
+                        f"{ideal['generate_s']:.1f}, train {ideal['train_s']:.1f}, reload {ideal['reload_s']:.1f}; "
+                        f"ideal answers {ideal['tokens'] / samples:.0f} tokens on average"
+                    ),
+                )
+            )
+    config = {**model_facts(model), "samples_per_step": samples, "trl_venv": "bench-venvs/trl-" + TRL_VERSION}
+    return {**config, "runs": runs}, figures
