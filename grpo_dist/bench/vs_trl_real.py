@@ -89,74 +89,65 @@ def workload_overrides(s: Settings, model: Path, train: Path, evals: Path, run_d
     ]
 
 
-def _grpo_dist(s: Settings, cfg: Any, model: Path, run_dir: Path, with_ideal: bool) -> dict[str, Any]:
-    """grpo-dist's measured steps (and, if asked, the ideal step on the same prompts), with memory."""
+def _grpo_dist(s: Settings, cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """grpo-dist's measured steps, the machine's memory sampled from before anything starts (as TRL's covers
+    its whole process), and the prompts of every step (for the ideal step)."""
     import os
 
-    import ray
-
     from grpo_dist.controller import Trainer
-    from grpo_dist.rollout.engine import engine_env
 
-    records, ideal_runs, peaks = [], [], {}
-    cores = all_cores()
-    sampler = MemorySampler()
-    try:
-        with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
-            trainer.start()
-            ideal = None
-            if with_ideal:
-                ideal = start_actor(
-                    IdealStep,
-                    num_cpus=len(cores),
-                    env=engine_env(device="cpu", cpu_ids=cores),
-                    engine=engine_settings(cfg, model, cfg.data.max_prompt_length + cfg.data.max_response_length),
-                    lr=cfg.learner.lr,
-                    threads=len(cores),
-                    seed=cfg.trainer.seed,
-                    packed_tokens=cfg.learner.max_tokens_per_micro_batch,
-                )
-                ray.get(ideal.ready.remote())
-            pad = trainer.tokenizer.pad_token_id
-            for step in range(1, WARMUP + STEPS + 1):
-                state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
-                prompts = [trainer.train_prompts[i] for i in trainer.cursor.next_batch()]
-                trainer.cursor.load_state_dict(state)
-                settle()
-                if step == WARMUP + 1:
-                    sampler.__enter__()
-                records.append(trainer.train_step(step))
-                if ideal is not None:
+    records, prompts, peaks = [], [], {}
+    with MemorySampler() as sampler:
+        try:
+            with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
+                trainer.start()
+                for step in range(1, WARMUP + STEPS + 1):
+                    state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
+                    prompts.append([trainer.train_prompts[i] for i in trainer.cursor.next_batch()])
+                    trainer.cursor.load_state_dict(state)
                     settle()
-                    seeds = train_seeds(cfg.trainer.seed, step, prompts, GROUP)
-                    ideal_runs.append(
-                        ray.get(
-                            ideal.step.remote(
-                                [list(p.token_ids) for p in prompts],
-                                GROUP,
-                                MAX_RESPONSE,
-                                cfg.rollout.temperature,
-                                8,
-                                cfg.learner.max_grad_norm,
-                                0 if pad is None else int(pad),
-                                seeds=seeds,
-                                ignore_eos=False,
-                            )
-                        )
-                    )
-            sampler.__exit__(None, None, None)
-            peaks = actor_peaks(trainer)
-            peaks["driver"] = peak_rss_mb(os.getpid()) or 0.0
-            if ideal is not None:
-                ray.kill(ideal)
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+                    records.append(trainer.train_step(step))
+                peaks = actor_peaks(trainer)
+                peaks["driver"] = peak_rss_mb(os.getpid()) or 0.0
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
     return {
         "records": records[WARMUP:],
-        "ideal": ideal_runs[WARMUP:],
+        "prompts": prompts,
         "peak_rss_mb": peaks,
         "machine_peak_added_mb": sampler.peak_added_mb,
     }
+
+
+def _ideal(s: Settings, cfg: Any, model: Path, prompts: list[list[Any]], pad_id: int) -> list[dict[str, float]]:
+    """The ideal step on grpo-dist's prompts of each step, with the same per-sample seeds, after grpo-dist
+    has stopped (so that neither's memory counts in the other's)."""
+    import ray
+
+    from grpo_dist.rollout.engine import engine_env
+
+    cores = all_cores()
+    runs = []
+    with private_ray(verbose=s.verbose):
+        ideal = start_actor(
+            IdealStep,
+            num_cpus=len(cores),
+            env=engine_env(device="cpu", cpu_ids=cores),
+            engine=engine_settings(cfg, model, cfg.data.max_prompt_length + cfg.data.max_response_length),
+            lr=cfg.learner.lr,
+            threads=len(cores),
+            seed=cfg.trainer.seed,
+            packed_tokens=cfg.learner.max_tokens_per_micro_batch,
+        )
+        ray.get(ideal.ready.remote())
+        for step, step_prompts in enumerate(prompts, start=1):
+            settle()
+            seeds = train_seeds(cfg.trainer.seed, step, step_prompts, GROUP)
+            ids = [list(p.token_ids) for p in step_prompts]
+            args = (ids, GROUP, MAX_RESPONSE, cfg.rollout.temperature, 8, cfg.learner.max_grad_norm, pad_id)
+            runs.append(ray.get(ideal.step.remote(*args, seeds=seeds, ignore_eos=False)))
+        ray.kill(ideal)
+    return runs[WARMUP:]
 
 
 def _trl(python: Path, cfg: Any, model: Path, train: Path, dtype: str, checkpointing: bool, s: Settings) -> dict:
@@ -172,6 +163,13 @@ def _trl(python: Path, cfg: Any, model: Path, train: Path, dtype: str, checkpoin
         run = run_trl(python, spec)
     run["machine_peak_added_mb"] = sampler.peak_added_mb
     return run
+
+
+def _pad_id(model: Path) -> int:
+    from transformers import AutoTokenizer
+
+    pad = AutoTokenizer.from_pretrained(model).pad_token_id
+    return 0 if pad is None else int(pad)
 
 
 def _mean_length(records: list[dict[str, Any]]) -> float:
@@ -194,7 +192,9 @@ def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             REPO_ROOT / "configs" / "smollm2_135m_instruct.yaml",
             workload_overrides(s, model, train, evals, run_dir, dtype),
         )
-        ours = _grpo_dist(s, cfg, model, run_dir, with_ideal=dtype == "float32")
+        ours = _grpo_dist(s, cfg, run_dir)
+        if dtype == "float32":  # the ideal step trains in float32
+            ours["ideal"] = _ideal(s, cfg, model, ours["prompts"], _pad_id(model))
         theirs = {ckpt: _trl(python, cfg, model, train, dtype, ckpt, s) for ckpt in s.trl_checkpointing}
         phases = e2e_phases(ours["records"])
         my_peak = ours["machine_peak_added_mb"]
@@ -204,7 +204,7 @@ def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "grpo_dist_steps": ours["records"],
             "grpo_dist_peak_rss_mb": ours["peak_rss_mb"],
             "grpo_dist_machine_peak_added_mb": my_peak,
-            "ideal_steps": ours["ideal"],
+            "ideal_steps": ours.get("ideal", []),
             "trl": {f"gradient_checkpointing={k}": v for k, v in theirs.items()},
         }
         split = ", ".join(f"{k} {phases[k]:.1f}" for k in ("rollout", "train", "sync", "idle"))
@@ -244,14 +244,15 @@ def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                     higher_is_better=False,
                     goal=round(1 / 1.5, 3),
                     note=(
-                        "the machine's used memory above its level before the measured steps, sampled every 0.1 s; "
+                        "the machine's used memory above its level before the run started (model loading included), "
+                        "sampled every 0.1 s; "
                         "grpo-dist per process (MB): "
                         f"{json.dumps({k: round(v) for k, v in ours['peak_rss_mb'].items()})}"
                         f"; TRL's process {run.get('peak_rss_mb', float('nan')):.0f} MB"
                     ),
                 )
             )
-        if ours["ideal"]:
+        if ours.get("ideal"):
             ideal = min(ours["ideal"], key=lambda r: r["step_s"])
             figures.append(
                 figure(

@@ -7,11 +7,22 @@ from typing import Any
 from grpo_dist.config import LearnerConfig
 
 
+BUCKET_ELEMENTS = 1 << 25
+
+
 def build_ds_config(cfg: LearnerConfig, *, world_size: int, bf16: bool) -> dict[str, Any]:
     """Gradient accumulation is unmanaged: micro-batches are cut by tokens, so their number changes from
     step to step; the learner calls ``backward`` once per micro-batch and ``step`` once per mini-batch, and
     DeepSpeed's batch-size keys only satisfy its bookkeeping (``micro_batch_size`` x 1 x ranks)."""
-    zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    zero: dict[str, Any] = {
+        "stage": cfg.zero_stage,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        # DeepSpeed's defaults (5e8 elements: 2 GB each in float32) size buffers for 10B-parameter models;
+        # 2^25 elements (128 MB in float32) keep the collectives large and the buffers small
+        "reduce_bucket_size": BUCKET_ELEMENTS,
+        "allgather_bucket_size": BUCKET_ELEMENTS,
+    }
     if cfg.zero_stage == 3:
         zero |= {
             # gather every parameter for the forward: our buckets are gathered explicitly for weight sync
