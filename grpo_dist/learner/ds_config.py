@@ -6,7 +6,6 @@ from typing import Any
 
 from grpo_dist.config import LearnerConfig
 
-
 BUCKET_ELEMENTS = 1 << 25
 
 
