@@ -5,7 +5,8 @@ Here the same batch (SmolLM2-135M-Instruct, the real model of the recipes; most 
 quarter 128-256) goes through ``LearnerGroup`` in the demo layout (2 ZeRO-1 ranks, 1 thread each), once
 per variant: padded micro-batches of 8 sequences, packed micro-batches of the same 8, and packed under a
 token budget. Each variant starts from the same weights, so their first updates must agree: the record
-keeps each variant's logprobs of the batch against the padded ones (goal: within 1e-5 in float32), the
+keeps each variant's logprobs of the batch against the padded ones (goal: within 1e-5 in float32, next to
+the padded path's own difference when only its micro-batch split changes: float32 rounding), the
 spread of the first step's gradient norm and loss, and for the packed path the largest change in the other
 sequences' logprobs when one sequence is altered (goal: 0). Variants run one after the other (two groups
 of this model do not fit in memory together), each timed over ``reps`` steps after a warm-up step.
@@ -70,6 +71,32 @@ def _altered_first(batch: Any) -> Any:
     return replace(batch, input_ids=ids)
 
 
+def noise_floor(path: str, batch: Any) -> dict[str, float]:
+    """How far the padded float32 path moves from itself when only the micro-batch split changes (8 vs 4
+    vs 1 sequences): the rounding a packed-vs-padded comparison cannot beat (different matmul shapes sum
+    in different orders). One process, plain transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from grpo_dist.learner.forward import ForwardSettings, token_outputs
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    mask = batch.loss_mask.bool()
+
+    def run(micro: int) -> torch.Tensor:
+        out = torch.zeros(mask.shape)
+        with torch.no_grad():
+            for start in range(0, batch.num_sequences, micro):
+                sub = batch.select(slice(start, start + micro)).trimmed()
+                settings = ForwardSettings(packing=False, temperature=1.0, chunk_size=1024, fused_head=False)
+                lp, _ = token_outputs(model, sub.input_ids, sub.attention_mask, settings)
+                out[start : start + micro, : lp.shape[1]] = lp
+        return out
+
+    ref = run(8)
+    return {f"padded 8 vs {m} per micro-batch": float((run(m) - ref)[mask].abs().max()) for m in (4, 1)}
+
+
 def _variant(cfg: Any, path: str, batch: Any, reps: int) -> dict[str, Any]:
     import ray
 
@@ -122,6 +149,7 @@ def bench_packing(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     base += ["model.dtype=float32", *s.overrides]
     cfgs = {name: bench_config(path, [*base, *extra]) for name, extra in VARIANTS.items()}
     runs: dict[str, dict[str, Any]] = {}
+    floor = noise_floor(str(path), batch)
     with private_ray(verbose=s.verbose):
         for name, cfg in cfgs.items():
             runs[name] = _variant(cfg, str(path), batch, s.reps)
@@ -147,8 +175,9 @@ def bench_packing(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                     f"{int(tokens)} real tokens, {padded['padding_fraction']:.0%} of the padded micro-batches is "
                     f"padding; {run['micro_batches_per_rank']:.0f} vs {padded['micro_batches_per_rank']:.0f} "
                     f"micro-batches per rank; peak RSS per rank {max(run['rank_peak_rss_mb']):.0f} vs "
-                    f"{max(padded['rank_peak_rss_mb']):.0f} MB; logprobs vs padded max {lp_diff:.1e}; another "
-                    f"sequence altered: max change {run['others_changed']:.1e}"
+                    f"{max(padded['rank_peak_rss_mb']):.0f} MB; logprobs vs padded max {lp_diff:.1e} (the padded "
+                    f"path against itself split otherwise: up to {max(floor.values()):.1e}); another sequence "
+                    f"altered: max change {run['others_changed']:.1e}"
                 ),
                 details={
                     "seconds": run["seconds"],
@@ -183,6 +212,7 @@ def bench_packing(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "first_grad_norms": dict(zip(runs, norms)),
         "first_losses": dict(zip(runs, losses)),
         "grad_norm_rel_spread": (max(norms) - min(norms)) / max(abs(min(norms)), 1e-30),
+        "fp32_noise_floor": floor,
         "configs": {name: cfg.to_dict() for name, cfg in cfgs.items()},
     }
     return config, figures

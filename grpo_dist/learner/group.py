@@ -168,15 +168,15 @@ _RANK_MEAN_KEYS = ("loss", "grad_norm", "lr", "num_skipped_updates", "consecutiv
 
 def combine_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
     """The group's metrics from each rank's: token-averaged metrics weighted by each rank's loss tokens
-    (ranks hold different numbers of tokens), the others (global already, or shares of the loss that
-    sum to world_size x the loss) as the mean over ranks."""
+    (ranks hold different numbers of tokens), the others (global already, shares of the loss that sum to
+    world_size x the loss, or a rank's seconds in each part of the step) as the mean over ranks."""
     weights = [m.get(LOSS_TOKENS, 0.0) for m in per_rank]
     total = sum(weights)
     keys = set().union(*per_rank) - {LOSS_TOKENS}
     out: dict[str, float] = {}
     for k in sorted(keys):
         values = [m.get(k, 0.0) for m in per_rank]
-        if k in _RANK_MEAN_KEYS or k.startswith("rollout_corr/") or total == 0:
+        if k in _RANK_MEAN_KEYS or k.startswith(("rollout_corr/", "timing/")) or total == 0:
             out[k] = sum(values) / len(values)
         else:
             out[k] = sum(v * w for v, w in zip(values, weights)) / total

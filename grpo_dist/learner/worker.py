@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -251,10 +252,12 @@ class LearnerWorker:
         )
         mismatch = algo.MismatchStats.empty(self.device)  # every token once: measured in the first epoch
         num_tokens = 0.0
+        clock = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}  # where a rank's step goes
         for epoch in range(lc.ppo_epochs):
             for mini, global_count in zip(work.micro_batches, work.denominators):
                 denominator = algo.data_parallel_denominator(global_count, world_size=self.world_size)
                 for rows in mini:
+                    t0 = time.perf_counter()
                     micro = self._micro(work, rows)
                     lp, entropy = self._forward_logprobs(engine.module, micro, with_entropy=True)
                     old, is_weights, stats = self._anchor(lp, micro, reuse_current=reuse_current, measure=epoch == 0)
@@ -279,7 +282,11 @@ class LearnerWorker:
                         loss_scale_denominator=denominator,
                         rollout_is_weights=is_weights,
                     )
+                    t1 = time.perf_counter()
                     engine.backward(loss, scale_wrt_gas=False)
+                    t2 = time.perf_counter()
+                    clock["forward"] += t1 - t0
+                    clock["backward"] += t2 - t1
                     weight = float(micro.loss_mask.sum().item())
                     if epoch == 0:
                         num_tokens += weight
@@ -289,7 +296,9 @@ class LearnerWorker:
                         totals[k] = totals.get(k, 0.0) + v * weight
                         counts[k] = counts.get(k, 0) + int(weight)
                     totals["loss"] = totals.get("loss", 0.0) + float(loss.item())
+                t0 = time.perf_counter()
                 engine.step()  # the mini-batch's boundary: reduce gradients, clip, update
+                clock["optimizer"] += time.perf_counter() - t0
                 norm = engine.get_global_grad_norm()
                 norm = float(norm) if norm is not None else float("nan")
                 if not math.isfinite(norm) or not math.isfinite(totals.get("loss", 0.0)):
@@ -307,6 +316,7 @@ class LearnerWorker:
         out["num_skipped_updates"] = float(num_skipped)
         out["consecutive_nonfinite"] = float(self.consecutive_nonfinite)
         out[LOSS_TOKENS] = num_tokens
+        out.update({f"timing/learner_{k}_s": v for k, v in clock.items()})
         out.update(self._global_mismatch(mismatch))
         return out
 

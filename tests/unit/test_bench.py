@@ -430,3 +430,32 @@ def test_summary_keeps_the_headline_figures_only() -> None:
     assert len(rows) == 3  # the rollout goal figure, e2e's step, sync ZeRO-2 vs transfer + reload
     assert "phase: rollout" not in text and "ZeRO-3" not in text and "one raw gloo" not in text
     assert "Test CPU, 2 cores, 2026-11-21 to 2026-11-22" in text
+
+
+def test_skewed_batch_is_mostly_short_answers_with_a_long_tail() -> None:
+    from grpo_dist.bench.packing import GROUP, LONG, NUM_PROMPTS, SHORT, skewed_batch
+
+    batch = skewed_batch(1000)
+    answers = [int(n) for n in batch.loss_mask.sum(dim=1)]
+    assert len(answers) == NUM_PROMPTS * GROUP
+    assert all(SHORT[0] <= a <= SHORT[1] or LONG[0] <= a <= LONG[1] for a in answers)
+    assert 0 < sum(a >= LONG[0] for a in answers) < len(answers) / 2
+    again = skewed_batch(1000)
+    assert bool((again.input_ids == batch.input_ids).all())  # deterministic from the seed
+
+
+def test_memory_sampler_sees_an_allocation_and_the_process_peak() -> None:
+    import os
+
+    from grpo_dist.bench.memory import MemorySampler, peak_rss_mb
+
+    with MemorySampler(interval_s=0.01) as sampler:
+        block = bytearray(400 << 20)  # 400 MB, touched
+        block[::4096] = b"x" * len(block[::4096])
+        import time
+
+        time.sleep(0.2)
+        del block
+    assert sampler.peak_added_mb > 200
+    assert (peak_rss_mb(os.getpid()) or 0) > 400
+    assert peak_rss_mb(2**22 + 12345) is None  # no such process
