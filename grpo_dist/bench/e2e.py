@@ -236,12 +236,14 @@ def _figures(
 
 
 def e2e_phases(records: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Seconds per phase of the fastest of the Trainer's step records (see ``best``); ``idle`` is the part
-    of that step in none of the timed phases (collation, advantages, driver work)."""
+    """Seconds per phase of the fastest of the Trainer's step records (see ``best``); ``probe`` is the
+    behavioural sync check (0 when it did not run), ``idle`` the part of that step in none of the timed
+    phases (collation, advantages, driver work)."""
     keys = ("rollout", "reward", "train", "sync")
     fastest = min(records, key=lambda r: r["timing/step_s"])
     out = {k: fastest[f"timing/{k}_s"] for k in (*keys, "step")}
-    out["idle"] = fastest["timing/step_s"] - sum(fastest[f"timing/{k}_s"] for k in keys)
+    out["probe"] = fastest.get("timing/sync_probe_s", 0.0)
+    out["idle"] = fastest["timing/step_s"] - sum(fastest[f"timing/{k}_s"] for k in keys) - out["probe"]
     return out
 
 

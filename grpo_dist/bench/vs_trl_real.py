@@ -5,8 +5,10 @@ as chat questions (``chat-addition-1d``: TRL applies the same chat template itse
 answers ending at the model's EOS within ``max_response_length`` 256, the same ``exact_match`` reward
 (``extract: last_number``), one optimizer update per batch, no reference model (TRL's default ``beta`` 0),
 in float32 and in bfloat16, against TRL with its defaults (gradient checkpointing on) and without
-checkpointing. grpo-dist runs the demo layout (2 engines, 2 ZeRO-1 ranks, 1 core each) with its defaults
-(packed micro-batches) and ``LEARNER`` below; TRL runs in its own virtual environment (``vs_trl``).
+checkpointing. grpo-dist runs ``LAYOUT``: one engine and one learner rank with both cores each (the
+phases of a synchronous step take turns, so each gets the whole machine; one copy of the weights and
+optimizer instead of two), packed micro-batches under a token budget; TRL runs in its own virtual
+environment (``vs_trl``).
 
 Each side is measured with the machine's memory sampled (``bench.memory``): the peak the run adds, and each
 process's resident high-water mark. The bound of the step is the ideal synchronous step on grpo-dist's
@@ -42,7 +44,16 @@ from grpo_dist.embedded import cache_root
 NUM_PROMPTS, GROUP, MAX_RESPONSE = 8, 8, 256
 TRL_MICRO_BATCH = 8  # TRL's per-device batch: 8 completions per forward/backward, 8 accumulation steps
 REWARD_KWARGS = {"extract": "last_number"}
-LEARNER = ["learner.max_tokens_per_micro_batch=4096"]
+LAYOUT = [
+    "rollout.num_engines=1",
+    "reward.num_workers=1",
+    "learner.num_ranks=1",
+    "learner.zero_stage=1",
+    "cluster.num_cpus=4",  # Ray's logical CPUs: 2 + 2, on 2 cores that the phases use in turn
+    "cluster.num_cpus_per_engine=2",
+    "cluster.num_cpus_per_rank=2",
+    "learner.max_tokens_per_micro_batch=2048",
+]
 WARMUP, STEPS, TRL_STEPS = 1, 1, 1  # a step is 2-4 minutes on 2 cores: one warm-up, one measured, each side
 GOAL = 2.0
 
@@ -71,13 +82,9 @@ def workload_overrides(s: Settings, model: Path, train: Path, evals: Path, run_d
         f"data.train_batch_size={NUM_PROMPTS}",
         f"data.max_response_length={MAX_RESPONSE}",
         f"rollout.num_generations={GROUP}",
-        "rollout.num_engines=2",
-        "reward.num_workers=2",
         "algo.kl_coef=0.0",
-        "learner.num_ranks=2",
-        "learner.zero_stage=1",
         f"learner.mini_batch_size={NUM_PROMPTS}",
-        *LEARNER,
+        *LAYOUT,
         f"trainer.total_steps={WARMUP + STEPS}",
         "trainer.eval_every=0",
         f"trainer.output_dir={run_dir}",
@@ -207,7 +214,7 @@ def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "ideal_steps": ours.get("ideal", []),
             "trl": {f"gradient_checkpointing={k}": v for k, v in theirs.items()},
         }
-        split = ", ".join(f"{k} {phases[k]:.1f}" for k in ("rollout", "train", "sync", "idle"))
+        split = ", ".join(f"{k} {phases[k]:.1f}" for k in ("rollout", "train", "sync", "probe", "idle"))
         for ckpt, run in theirs.items():
             trl_s = best(run["step_s"][run["warmup_steps"] :])
             gen = best(run["generate_s"][run["warmup_steps"] :])

@@ -109,7 +109,11 @@ class LearnerWorker:
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay)
+        # fused: one kernel over DeepSpeed's flat partition (0.1 s instead of 0.5-0.75 s for 135M parameters
+        # on 2 CPU cores); TRL's default optimizer is the fused one too
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay, fused=True
+        )
         total = self.cfg.trainer.total_steps * lc.ppo_epochs * self.num_minibatches
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
