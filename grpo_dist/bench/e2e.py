@@ -77,6 +77,27 @@ def train_seeds(run_seed: int, step: int, prompts: Sequence[Any], n: int) -> lis
     ]
 
 
+def start_ideal(cfg: Any, model_path: Path, *, packed_tokens: int | None = None) -> Any:
+    """The ideal step's actor on all cores, with the engine settings of ``cfg``'s engines, ready."""
+    import ray
+
+    from grpo_dist.rollout.engine import engine_env
+
+    cores = all_cores()
+    ideal = start_actor(
+        IdealStep,
+        num_cpus=len(cores),
+        env=engine_env(device="cpu", cpu_ids=cores),
+        engine=engine_settings(cfg, model_path, cfg.data.max_prompt_length + cfg.data.max_response_length),
+        lr=cfg.learner.lr,
+        threads=len(cores),
+        seed=cfg.trainer.seed,
+        packed_tokens=packed_tokens,
+    )
+    ray.get(ideal.ready.remote())
+    return ideal
+
+
 def _model_path(case: E2ECase) -> Path:
     if case.model == "embedded":
         from grpo_dist.models.assets import ensure_embedded_model
@@ -90,7 +111,6 @@ def _e2e_case(s: Settings, case: E2ECase) -> tuple[dict[str, Any], list[dict[str
 
     from grpo_dist.controller import Trainer
     from grpo_dist.models.assets import ensure_task_data
-    from grpo_dist.rollout.engine import engine_env
 
     train_file, eval_file = ensure_task_data()
     path = _model_path(case)
@@ -99,7 +119,6 @@ def _e2e_case(s: Settings, case: E2ECase) -> tuple[dict[str, Any], list[dict[str
     cfg = bench_config(path, e2e_overrides(s, case, train_file, eval_file, run_dir))
     records: list[dict[str, Any]] = []
     ideal_runs: list[dict[str, float]] = []
-    cores = all_cores()
     g = cfg.rollout.num_generations
     try:
         with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
@@ -108,16 +127,7 @@ def _e2e_case(s: Settings, case: E2ECase) -> tuple[dict[str, Any], list[dict[str
             # The ideal step's process lives beside the trainer's actors (idle while they run, and the
             # other way round), and the two alternate step by step on the same prompts, so that a change
             # in the machine's load falls on both.
-            ideal = start_actor(
-                IdealStep,
-                num_cpus=len(cores),
-                env=engine_env(device="cpu", cpu_ids=cores),
-                engine=engine_settings(cfg, path, cfg.data.max_prompt_length + cfg.data.max_response_length),
-                lr=cfg.learner.lr,
-                threads=len(cores),
-                seed=cfg.trainer.seed,
-            )
-            ray.get(ideal.ready.remote())
+            ideal = start_ideal(cfg, path)
 
             def ideal_step(step: int, prompts: list[Any]) -> dict[str, float]:
                 seeds = train_seeds(cfg.trainer.seed, step, prompts, g) if case.natural else None

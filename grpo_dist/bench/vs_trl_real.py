@@ -18,23 +18,20 @@ natural lengths, so the two trainers do not generate the same tokens: the notes 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from grpo_dist.bench.baselines import IdealStep
 from grpo_dist.bench.common import (
     Settings,
-    all_cores,
-    engine_settings,
     model_facts,
     private_ray,
     settle,
-    start_actor,
 )
-from grpo_dist.bench.e2e import e2e_phases, train_seeds
+from grpo_dist.bench.e2e import e2e_phases, start_ideal, train_seeds
 from grpo_dist.bench.memory import MemorySampler, actor_peaks, peak_rss_mb
 from grpo_dist.bench.records import REPO_ROOT, best, figure
 from grpo_dist.bench.vs_trl import TRL_VERSION, ensure_trl_venv, run_trl, trl_spec
@@ -56,6 +53,7 @@ LAYOUT = [
 ]
 WARMUP, STEPS, TRL_STEPS = 1, 1, 1  # a step is 2-4 minutes on 2 cores: one warm-up, one measured, each side
 GOAL = 2.0
+_figure = functools.partial(figure, benchmark="trl-real", model="smollm2-135m-instruct")
 
 
 def ensure_chat_data() -> tuple[Path, Path]:
@@ -131,22 +129,9 @@ def _ideal(s: Settings, cfg: Any, model: Path, prompts: list[list[Any]], pad_id:
     has stopped (so that neither's memory counts in the other's)."""
     import ray
 
-    from grpo_dist.rollout.engine import engine_env
-
-    cores = all_cores()
     runs = []
     with private_ray(verbose=s.verbose):
-        ideal = start_actor(
-            IdealStep,
-            num_cpus=len(cores),
-            env=engine_env(device="cpu", cpu_ids=cores),
-            engine=engine_settings(cfg, model, cfg.data.max_prompt_length + cfg.data.max_response_length),
-            lr=cfg.learner.lr,
-            threads=len(cores),
-            seed=cfg.trainer.seed,
-            packed_tokens=cfg.learner.max_tokens_per_micro_batch,
-        )
-        ray.get(ideal.ready.remote())
+        ideal = start_ideal(cfg, model, packed_tokens=cfg.learner.max_tokens_per_micro_batch)
         for step, step_prompts in enumerate(prompts, start=1):
             settle()
             seeds = train_seeds(cfg.trainer.seed, step, step_prompts, GROUP)
@@ -221,9 +206,7 @@ def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             trl_len = run["mean_completion_length"][run["warmup_steps"] :]
             label = "TRL defaults (gradient checkpointing on)" if ckpt else "gradient checkpointing off"
             figures.append(
-                figure(
-                    benchmark="trl-real",
-                    model="smollm2-135m-instruct",
+                _figure(
                     name=f"train step, {dtype}, vs TRL {run.get('trl_version', TRL_VERSION)}: {label}",
                     unit="samples/s",
                     value=samples / phases["step"],
@@ -240,9 +223,7 @@ def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 )
             )
             figures.append(
-                figure(
-                    benchmark="trl-real",
-                    model="smollm2-135m-instruct",
+                _figure(
                     name=f"peak memory added, {dtype}, vs TRL: {label}",
                     unit="MB",
                     value=my_peak,
@@ -262,9 +243,7 @@ def bench_trl_real(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if ours.get("ideal"):
             ideal = min(ours["ideal"], key=lambda r: r["step_s"])
             figures.append(
-                figure(
-                    benchmark="trl-real",
-                    model="smollm2-135m-instruct",
+                _figure(
                     name=f"train step, {dtype}, vs the ideal step",
                     unit="samples/s",
                     value=samples / phases["step"],
