@@ -43,6 +43,13 @@ class LearnerGroup:
         logger.info("learner group up: %s", infos)
         self.packing = bool(infos[0]["packing"])
         self.last_padding_fraction = 0.0
+        lc = cfg.learner
+        cut = (
+            f"at most {lc.max_tokens_per_micro_batch} tokens (learner.micro_batch_size is not used)"
+            if lc.max_tokens_per_micro_batch
+            else f"{lc.micro_batch_size} sequences"
+        )
+        logger.info("learner micro-batches: %s per rank and pass, %s", cut, "packed" if self.packing else "padded")
 
     # -------------------------------------------------------------------------------------------- fan-out
 
