@@ -62,6 +62,11 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a config override for grpo-dist's trainer in e2e and trl (repeatable), e.g. learner.num_ranks=1",
     )
+    p.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma-separated model dtypes for trl and trl-real (default: float32,bfloat16)",
+    )
     p.add_argument("--verbose", action="store_true", help="show the actors' logs")
 
 
@@ -103,6 +108,12 @@ def main_bench(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     s = replace(s, verbose=args.verbose, overrides=tuple(args.overrides))
+    if args.dtypes:
+        dtypes = tuple(args.dtypes.split(","))
+        if not set(dtypes) <= {"float32", "bfloat16"}:
+            print(f"--dtypes {args.dtypes}: expected some of float32, bfloat16", file=sys.stderr)
+            return 2
+        s = replace(s, trl_dtypes=dtypes)
     if s.overrides:  # a typo must fail now, not after the benchmarks before e2e have run
         from grpo_dist.config import ConfigError
 

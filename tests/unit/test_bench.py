@@ -301,6 +301,12 @@ def test_bad_override_is_refused_before_any_benchmark_runs(capsys: pytest.Captur
     assert "learner.num_rank" in err and "num_ranks" in err
 
 
+def test_bad_dtype_is_refused_before_any_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args(["trl-real", "--dtypes", "float32,fp8", "--out", "/nonexistent/x.json"])
+    assert cli.main_bench(args) == 2
+    assert "--dtypes float32,fp8: expected some of float32, bfloat16" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ e2e and TRL
 
 
