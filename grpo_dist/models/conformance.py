@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -208,6 +209,9 @@ def _train_batch(engines: Any, cfg: Any, step: int, vocab_size: int, seed: int) 
     return collate(scored, torch.tensor(signs), pad_token_id=0)
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _hf_logprobs(model_dir: str | Path, probe: list[list[int]]) -> tuple[list[list[float]], dict[str, Any]]:
     """Probe logprobs of a model directory loaded in transformers (with the attention a learner needs for
     it, see ``support.learner_attn_implementation``), and its parameters."""
@@ -218,7 +222,10 @@ def _hf_logprobs(model_dir: str | Path, probe: list[list[int]]) -> tuple[list[li
     from grpo_dist.models.support import learner_attn_implementation
 
     attn = learner_attn_implementation(json.loads((Path(model_dir) / "config.json").read_text()))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn).eval()
+    with _LOAD_LOCK:  # families run in threads; transformers' loading is not thread-safe (meta-device init)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch.float32, attn_implementation=attn
+        ).eval()
     ids = torch.tensor(probe)
     with torch.no_grad():
         lp = algo.token_logprobs(model(input_ids=ids).logits[:, :-1], ids[:, 1:]).float()
