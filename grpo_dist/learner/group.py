@@ -42,7 +42,6 @@ class LearnerGroup:
         infos = self._call_all("setup", addr, port, timeout_s=timeout, what="learner setup")
         logger.info("learner group up: %s", infos)
         self.packing = bool(infos[0]["packing"])
-        self.last_padding_fraction = 0.0
         lc = cfg.learner
         cut = (
             f"at most {lc.max_tokens_per_micro_batch} tokens (learner.micro_batch_size is not used)"
@@ -78,7 +77,6 @@ class LearnerGroup:
             cut=cut,
             loss_agg_mode=self.cfg.algo.loss_agg_mode,
         )
-        self.last_padding_fraction = plan_padding(batch, works)
         return works
 
     def _per_rank(self, method: str, works: list[RankWork], *args: Any, what: str, **kwargs: Any) -> list[Any]:
@@ -104,8 +102,9 @@ class LearnerGroup:
         per_rank = self._per_rank("train", works, step, what=f"train step {step}")
         out = combine_rank_metrics(per_rank)
         # what the padded path would have computed as padding in these micro-batches (packing saves it)
-        out["learner/padding_fraction"] = self.last_padding_fraction if not self.packing else 0.0
-        out["learner/padding_saved_fraction"] = self.last_padding_fraction if self.packing else 0.0
+        padding = plan_padding(batch, works)
+        out["learner/padding_fraction"] = padding if not self.packing else 0.0
+        out["learner/padding_saved_fraction"] = padding if self.packing else 0.0
         out["learner/micro_batches_per_rank"] = float(works[0].num_micro_batches)
         return out
 
