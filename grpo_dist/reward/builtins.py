@@ -11,6 +11,8 @@ and passes nothing else, so a plain four-argument function keeps working and a f
 token length (the overlong penalty) does not have to re-tokenize the text.
 
 This module is imported inside the scorer's child process, so it stays light: standard library only.
+Built-ins are named in ``BUILTINS`` by import path and imported when ``resolve`` selects one, so that
+importing this module does not load the ``code_exec`` sandbox.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
-
-from grpo_dist.reward.sandbox import code_exec
 
 __all__ = [
     "BUILTINS",
@@ -286,13 +286,19 @@ def overlong(
     return -float(penalty)
 
 
-BUILTINS: dict[str, Callable[..., float]] = {
-    "code_exec": code_exec,
-    "exact_match": exact_match,
-    "format": format_reward,
-    "overlong": overlong,
+BUILTINS: dict[str, str] = {
+    "code_exec": "grpo_dist.reward.code_exec:code_exec",
+    "exact_match": "grpo_dist.reward.builtins:exact_match",
+    "format": "grpo_dist.reward.builtins:format_reward",
+    "overlong": "grpo_dist.reward.builtins:overlong",
 }
-"""Built-in reward functions by the ``name`` that selects them when ``path`` is unset."""
+"""Built-in reward functions: the ``name`` that selects one when ``path`` is unset -> its ``module:function``.
+
+Import paths, not the functions, so that importing this module does not import ``code_exec`` and the
+sandbox behind it: ``resolve`` imports a built-in's module when an entry selects it."""
+
+_BUILTIN_BY_PATH: dict[str, str] = {path: name for name, path in BUILTINS.items()}
+"""``module:function`` -> built-in name, to find a built-in's kwargs check also when a ``path`` names it."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -355,12 +361,13 @@ def _check_code_exec(kwargs: Mapping[str, Any], where: str, max_response_length:
         raise ValueError(f"{where}.kwargs.language = {kwargs['language']!r}: only 'python' is supported")
 
 
-_KWARG_CHECKS: dict[Callable[..., float], Callable[[Mapping[str, Any], str, int | None], None]] = {
-    code_exec: _check_code_exec,
-    exact_match: _check_exact_match,
-    format_reward: _check_format,
-    overlong: _check_overlong,
+_KWARG_CHECKS: dict[str, Callable[[Mapping[str, Any], str, int | None], None]] = {
+    "code_exec": _check_code_exec,
+    "exact_match": _check_exact_match,
+    "format": _check_format,
+    "overlong": _check_overlong,
 }
+"""kwargs checks by built-in name (the keys of ``BUILTINS``)."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -409,6 +416,18 @@ def _check_signature(fn: Callable[..., Any], kwargs: Mapping[str, Any], where: s
         ) from None
 
 
+def _load_builtin(name: str) -> Callable[..., float]:
+    """The built-in ``name`` (a key of ``BUILTINS``), its module imported now if it was not yet."""
+    module_name, _, attr = BUILTINS[name].partition(":")
+    fn: Callable[..., float] = getattr(importlib.import_module(module_name), attr)
+    return fn
+
+
+def _builtin_name(fn: Callable[..., Any]) -> str | None:
+    """Which built-in ``fn`` is (also when a ``path`` named it), by its ``module:function``; None for others."""
+    return _BUILTIN_BY_PATH.get(f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', '')}")
+
+
 def _import_path(path: str, where: str) -> Callable[..., Any]:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
@@ -455,8 +474,9 @@ def resolve(
                 f"{where}.name = {function_config.name!r} is not a built-in reward function and no path is "
                 f"set; built-ins: {sorted(BUILTINS)} (or set {where}.path = 'package.module:function')"
             )
-        fn = BUILTINS[function_config.name]
-    check = _KWARG_CHECKS.get(fn)
+        fn = _load_builtin(function_config.name)
+    builtin = _builtin_name(fn)
+    check = _KWARG_CHECKS.get(builtin) if builtin is not None else None
     if check is not None:
         check(kwargs, where, max_response_length)
     _check_signature(fn, kwargs, where)

@@ -28,15 +28,8 @@ import pytest
 from grpo_dist.config import RewardFunctionConfig
 from grpo_dist.reward import RewardScorer, sandbox
 from grpo_dist.reward.builtins import BUILTINS, FunctionSpec, resolve
-from grpo_dist.reward.sandbox import (
-    SANDBOX_UID,
-    SandboxError,
-    SandboxResult,
-    code_exec,
-    extract_code,
-    parse_test_cases,
-    run_sandboxed,
-)
+from grpo_dist.reward.code_exec import code_exec, extract_code, parse_test_cases
+from grpo_dist.reward.sandbox import SANDBOX_UID, SandboxError, SandboxResult, run_sandboxed
 from grpo_dist.types import Completion, Prompt, RolloutGroup
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
@@ -47,11 +40,29 @@ ESCAPES: dict[str, str] = {}
 """Escape-attempt test name -> "attempted", "contained" or "skipped: <reason>"; summarised at module end."""
 
 
+def without_machine_paths(text: str) -> str:
+    """``text`` with this machine's interpreter paths replaced by ``<python>`` and ``<prefix>``.
+
+    Skip reasons quote the interpreter (e.g. one the sandbox uid cannot read); the committed record must
+    not name a path of the machine that wrote it. Longest first: the interpreter lies under the prefix.
+    """
+    replacements = {
+        os.path.realpath(sys.executable): "<python>",
+        sys.executable: "<python>",
+        os.path.realpath(sys.base_prefix): "<prefix>",
+        sys.base_prefix: "<prefix>",
+    }
+    for path in sorted(replacements, key=len, reverse=True):
+        if path:
+            text = text.replace(path, replacements[path])
+    return text
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _write_records() -> Iterator[None]:
     yield
     skipped = [
-        {"test": name, "reason": status[len("skipped: ") :]}
+        {"test": name, "reason": without_machine_paths(status[len("skipped: ") :])}
         for name, status in ESCAPES.items()
         if status.startswith("skipped")
     ]
@@ -563,7 +574,7 @@ def test_code_exec_rejects_malformed_ground_truth(ground_truth: object) -> None:
 
 
 def test_code_exec_registered_with_kwarg_checks() -> None:
-    assert BUILTINS["code_exec"] is code_exec
+    assert BUILTINS["code_exec"] == "grpo_dist.reward.code_exec:code_exec"
     assert resolve(FunctionSpec("code_exec", kwargs={"timeout_s": 2, "memory_mb": 256})) is code_exec
     for kwargs, field in [
         ({"timeout_s": 0}, "timeout_s"),
