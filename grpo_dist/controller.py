@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from grpo_dist import algo, cluster, metrics
+from grpo_dist import algo, cluster, metric_names, metrics
 from grpo_dist.checkpoint import CheckpointManager, checkpoint_name, write_json_durably
 from grpo_dist.cluster import ActorDiedError
 from grpo_dist.config import Config, model_context_length
@@ -335,9 +335,9 @@ class Trainer:
             **result.metrics,
             **{k: v for k, v in train_metrics.items() if k != "consecutive_nonfinite"},
             **timing,
-            metrics.TOKENS_PER_S: num_tokens / max(timing["timing/rollout_s"], 1e-9),
+            metric_names.TOKENS_PER_S: num_tokens / max(timing["timing/rollout_s"], 1e-9),
             "throughput/samples_per_s": len(batch.advantages) / timing["timing/step_s"],
-            metrics.WEIGHTS_VERSION: float(step),
+            metric_names.WEIGHTS_VERSION: float(step),
             "rollout/sampling_rounds": float(rounds),
             "data/epoch": float(self.cursor.epoch),
             **{f"faults/{k}": float(v) for k, v in self.engines.fault_stats.items()},
@@ -546,11 +546,11 @@ def _rollout_metrics(
     ok = rewards[valid]
     lengths = [len(c.token_ids) for g in groups for c in g.group.completions]
     out: dict[str, float] = {
-        metrics.REWARD_MEAN: float(ok.mean()) if ok.numel() else math.nan,
-        metrics.REWARD_STD: float(ok.std(correction=0)) if ok.numel() else math.nan,
-        metrics.FRAC_ZERO_STD: sum(_zero_std(g) for g in groups) / len(groups),
-        metrics.RESPONSE_LEN: sum(lengths) / len(lengths),
-        metrics.RESPONSE_CLIP: sum(c.finish_reason == "length" for g in groups for c in g.group.completions)
+        metric_names.REWARD_MEAN: float(ok.mean()) if ok.numel() else math.nan,
+        metric_names.REWARD_STD: float(ok.std(correction=0)) if ok.numel() else math.nan,
+        metric_names.REWARD_FRAC_ZERO_STD: sum(_zero_std(g) for g in groups) / len(groups),
+        metric_names.RESPONSE_LEN: sum(lengths) / len(lengths),
+        metric_names.RESPONSE_CLIP: sum(c.finish_reason == "length" for g in groups for c in g.group.completions)
         / len(lengths),
         "response_length/max": float(max(lengths)),
         "reward/num_masked_samples": float((~valid).sum()),

@@ -1,8 +1,12 @@
-"""Metric sinks and names.
+"""Metric sinks.
 
-Every step's metrics go to ``RUN_DIR/metrics.jsonl`` (one JSON object per line, always), TensorBoard
-event files (``logging.tensorboard``), wandb (``logging.wandb.enabled``; offline mode needs no network)
-and the terminal: a progress bar with the key figures on a TTY, plain log lines otherwise.
+Every step's metrics go to ``RUN_DIR/metrics.jsonl`` (one JSON object per line, always), TensorBoard event
+files (``logging.tensorboard``), wandb (``logging.wandb.enabled``; offline mode needs no network) and the
+terminal: a progress bar with the key figures on a TTY, plain log lines otherwise.
+
+The names live in :mod:`grpo_dist.metric_names`. Metrics renamed since 0.1.0 are written under their old
+flat names too, into ``metrics.jsonl`` only, until 0.3.0 (``DEPRECATED_NAMES_REMOVED_IN``); ``read_metrics``
+returns current names for files of any version.
 """
 
 from __future__ import annotations
@@ -15,19 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from grpo_dist.config import Config
+from grpo_dist.metric_names import (
+    EVAL_PASS1,
+    REWARD_MEAN,
+    TIMING_STEP,
+    TOKENS_PER_S,
+    upgrade_record,
+    with_deprecated_names,
+)
 
 logger = logging.getLogger("grpo_dist")
-
-# Names other code relies on (plots, tests, the progress bar).
-REWARD_MEAN = "reward/mean"
-REWARD_STD = "reward/std"
-FRAC_ZERO_STD = "frac_reward_zero_std"
-RESPONSE_LEN = "response_length/mean"
-RESPONSE_CLIP = "response_length/clip_frac"
-EVAL_PASS1 = "eval/pass@1"
-TOKENS_PER_S = "throughput/tokens_per_s"
-WEIGHTS_VERSION = "weights/version"
-TIMING_KEYS = ("timing/rollout_s", "timing/reward_s", "timing/train_s", "timing/sync_s", "timing/step_s")
 
 
 def _clean(value: Any) -> Any:
@@ -43,7 +44,8 @@ class MetricsLogger:
         after its last checkpoint) are dropped, so every step appears once. A fresh run starts a new file."""
         self.run_dir = run_dir
         path = run_dir / "metrics.jsonl"
-        kept = [r for r in read_metrics(run_dir) if r["step"] <= initial_step] if initial_step and path.exists() else []
+        # as written (old names included): the kept lines stay what the interrupted run logged
+        kept = [r for r in _read_lines(path) if r["step"] <= initial_step] if initial_step and path.exists() else []
         with path.open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         self.jsonl = path.open("a", encoding="utf-8")
@@ -69,7 +71,9 @@ class MetricsLogger:
         self.last_pass1: float | None = None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        """Write one record; a metric passed under a deprecated name is logged under its current one."""
+        metrics = upgrade_record(metrics)
+        record = {"step": step, **with_deprecated_names({k: _clean(v) for k, v in metrics.items()})}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -88,7 +92,7 @@ class MetricsLogger:
             "reward": m.get(REWARD_MEAN),
             "pass@1": self.last_pass1,
             "tok/s": m.get(TOKENS_PER_S),
-            "s/step": m.get("timing/step_s"),
+            "s/step": m.get(TIMING_STEP),
         }
         shown = {k: f"{v:.3g}" for k, v in fields.items() if v is not None}
         if self.mode == "bar" and self.bar is not None:
@@ -127,6 +131,11 @@ def _init_wandb(cfg: Config, run_dir: Path) -> Any:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    """Every record of ``run_dir/metrics.jsonl`` under current names (see ``metric_names.upgrade_record``):
+    files written by older versions, with flat names, read like new ones."""
+    return [upgrade_record(r) for r in _read_lines(run_dir / "metrics.jsonl")]
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

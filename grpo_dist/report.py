@@ -6,7 +6,8 @@ parquet) and writes into ``RUN_DIR/report/``:
 * ``reward.png`` - ``reward/mean`` with a ±``reward/std`` band, and each ``reward/<fn>`` component;
 * ``pass_at_1.png`` - held-out ``eval/pass@1`` (greedy), ``eval/pass@1_sampled`` and each ``eval/pass@k``;
 * ``response_length.png`` - mean response length and the fraction cut at the length limit;
-* ``kl_clip.png`` - ``kl``, ``clip_fraction`` and ``entropy`` in panels sharing the step axis;
+* ``kl_clip.png`` - ``learner/kl``, ``learner/clip_fraction`` and ``learner/entropy`` in panels sharing the
+  step axis;
 * ``timing.png`` - seconds per phase per step, stacked, with the unaccounted rest as "other";
 * ``summary.md`` - the headline numbers, a timing table, a few sampled completions and links to the plots.
 
@@ -14,7 +15,8 @@ A plot whose metrics were never logged is skipped (and a stale copy from an earl
 because a run without evaluation or without a KL term is normal, not an error. A missing, empty or
 malformed ``metrics.jsonl`` is an error: a report built from half a file would quietly mislead.
 
-The metrics file is parsed here with plain :mod:`json` rather than through :mod:`grpo_dist.metrics`, and
+The metrics file is parsed here with plain :mod:`json` rather than through :mod:`grpo_dist.metrics` (names
+from the pure :mod:`grpo_dist.metric_names`; records of older versions, with flat names, read the same), and
 matplotlib and pyarrow are imported inside the functions, so that importing this module (for the CLI's
 ``report`` command, on a laptop looking at a copied run directory) needs neither torch nor a display.
 """
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grpo_dist import metric_names
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -40,22 +44,7 @@ REPORT_DIR = "report"
 SUMMARY_FILE = "summary.md"
 PLOT_NAMES = ("reward", "pass_at_1", "response_length", "kl_clip", "timing")
 
-REWARD_MEAN = "reward/mean"
-REWARD_STD = "reward/std"
-RESPONSE_LEN = "response_length/mean"
-RESPONSE_CLIP = "response_length/clip_frac"
-EVAL_PREFIX = "eval/"
-EVAL_PASS1 = "eval/pass@1"
-EVAL_PASS1_SAMPLED = "eval/pass@1_sampled"
-TOKENS_PER_S = "throughput/tokens_per_s"
-STEP_TIME = "timing/step_s"
-# Phases in the order they run inside a step; "other" is whatever the step took beyond their sum.
-PHASES = (
-    ("rollout", "timing/rollout_s"),
-    ("reward", "timing/reward_s"),
-    ("train", "timing/train_s"),
-    ("sync", "timing/sync_s"),
-)
+# The rest of a step's time beyond its phases' sum (``metric_names.STEP_PHASES``).
 OTHER = "other"
 
 _PASS_AT_K = re.compile(r"^eval/pass@(\d+)$")
@@ -100,7 +89,8 @@ class ReportFiles:
 
 
 def _read_metrics(path: Path) -> list[Record]:
-    """Parse ``metrics.jsonl`` strictly: every error names the file and, where it applies, the line."""
+    """Parse ``metrics.jsonl`` strictly: every error names the file and, where it applies, the line.
+    Records come back under current names, whichever version wrote them."""
     if not path.is_file():
         raise ValueError(f"{path}: no metrics file (expected {METRICS_FILE} in the run directory)")
     records: list[Record] = []
@@ -120,7 +110,7 @@ def _read_metrics(path: Path) -> list[Record]:
             if not isinstance(step, int) or isinstance(step, bool) or step < 0:
                 raise ValueError(f"{path}:{lineno}: 'step' must be a non-negative integer, got {step!r}")
             record["step"] = step
-            records.append(record)
+            records.append(metric_names.upgrade_record(record))
     if not records:
         raise ValueError(f"{path}: no metric lines (the file is empty)")
     return records
@@ -135,7 +125,7 @@ def _number(value: Any) -> float | None:
 
 
 def _is_eval(record: Record) -> bool:
-    return any(key.startswith(EVAL_PREFIX) for key in record)
+    return any(key.startswith(metric_names.EVAL_PREFIX) for key in record)
 
 
 def _series(records: Iterable[Record], key: str) -> Series:
@@ -154,7 +144,7 @@ def _keys(records: Iterable[Record]) -> set[str]:
 
 
 def _reward_components(keys: set[str]) -> list[str]:
-    return sorted(k for k in keys if k.startswith("reward/") and k not in (REWARD_MEAN, REWARD_STD))
+    return sorted(k for k in keys if metric_names.is_reward_component(k))
 
 
 def _pass_at_k_keys(keys: set[str]) -> list[str]:
@@ -175,19 +165,20 @@ def _timing_rows(train: list[Record]) -> tuple[list[int], dict[str, list[float]]
     """
     by_step: dict[int, Record] = {}
     for record in train:
-        if any(_number(record.get(key)) is not None for _, key in (*PHASES, (OTHER, STEP_TIME))):
+        timed = (*metric_names.STEP_PHASES, (OTHER, metric_names.TIMING_STEP))
+        if any(_number(record.get(key)) is not None for _, key in timed):
             by_step[record["step"]] = record
     steps = sorted(by_step)
-    rows: dict[str, list[float]] = {name: [] for name, _ in PHASES}
+    rows: dict[str, list[float]] = {name: [] for name, _ in metric_names.STEP_PHASES}
     rows[OTHER] = []
     for s in steps:
         record = by_step[s]
         total = 0.0
-        for name, key in PHASES:
+        for name, key in metric_names.STEP_PHASES:
             value = _number(record.get(key)) or 0.0
             rows[name].append(value)
             total += value
-        step_time = _number(record.get(STEP_TIME))
+        step_time = _number(record.get(metric_names.TIMING_STEP))
         rows[OTHER].append(max(step_time - total, 0.0) if step_time is not None else 0.0)
     return steps, rows
 
@@ -222,17 +213,16 @@ def _label(key: str) -> str:
 
 
 def _plot_reward(train: list[Record], keys: set[str], path: Path) -> Path | None:
-    mean_steps, means = _series(train, REWARD_MEAN)
+    mean_steps, means = _series(train, metric_names.REWARD_MEAN)
     components = [(k, *_series(train, k)) for k in _reward_components(keys)]
     components = [c for c in components if c[1]]
     if not mean_steps and not components:
         return None
     fig, (ax,) = _figure(title="Training reward")
     if mean_steps:
-        ax.plot(
-            mean_steps, means, color="C0", linewidth=2.2, label="reward/mean", marker="o" if len(means) < 30 else None
-        )
-        std_steps, stds = _series(train, REWARD_STD)
+        marker = "o" if len(means) < 30 else None
+        ax.plot(mean_steps, means, color="C0", linewidth=2.2, label=metric_names.REWARD_MEAN, marker=marker)
+        std_steps, stds = _series(train, metric_names.REWARD_STD)
         std_by_step = dict(zip(std_steps, stds))
         band = [(s, m, std_by_step[s]) for s, m in zip(mean_steps, means) if s in std_by_step]
         if band:
@@ -248,7 +238,7 @@ def _plot_reward(train: list[Record], keys: set[str], path: Path) -> Path | None
 
 
 def _plot_pass_at_1(evals: list[Record], keys: set[str], path: Path) -> Path | None:
-    lines = [(EVAL_PASS1, "pass@1 (greedy)"), (EVAL_PASS1_SAMPLED, "pass@1 (sampled)")]
+    lines = [(metric_names.EVAL_PASS1, "pass@1 (greedy)"), (metric_names.EVAL_PASS1_SAMPLED, "pass@1 (sampled)")]
     lines += [(k, _label(k)) for k in _pass_at_k_keys(keys)]
     drawn = [(label, *_series(evals, key)) for key, label in lines]
     drawn = [d for d in drawn if d[1]]
@@ -274,8 +264,8 @@ def _fraction_axis(ax: Axes, values: Sequence[float]) -> None:
 
 
 def _plot_response_length(train: list[Record], path: Path) -> Path | None:
-    length = _series(train, RESPONSE_LEN)
-    clip = _series(train, RESPONSE_CLIP)
+    length = _series(train, metric_names.RESPONSE_LEN)
+    clip = _series(train, metric_names.RESPONSE_CLIP)
     panels = [p for p in ((length, "mean length (tokens)", "C0"), (clip, "clipped at max length", "C3")) if p[0][0]]
     if not panels:
         return None
@@ -290,9 +280,9 @@ def _plot_response_length(train: list[Record], path: Path) -> Path | None:
 
 def _plot_kl_clip(train: list[Record], path: Path) -> Path | None:
     specs = (
-        ("kl", "KL to reference", "C4"),
-        ("clip_fraction", "clip fraction", "C1"),
-        ("entropy", "entropy (nats)", "C2"),
+        (metric_names.LEARNER_KL, "KL to reference", "C4"),
+        (metric_names.LEARNER_CLIP_FRACTION, "clip fraction", "C1"),
+        (metric_names.LEARNER_ENTROPY, "entropy (nats)", "C2"),
     )
     panels = [(_series(train, key), label, color) for key, label, color in specs]
     panels = [p for p in panels if p[0][0]]
@@ -392,7 +382,7 @@ def _summary(run_dir: Path, train: list[Record], evals: list[Record], files: Rep
     else:
         out.append("- **Training steps:** 0 (no training metrics logged)")
 
-    eval_steps, pass1 = _series(evals, EVAL_PASS1)
+    eval_steps, pass1 = _series(evals, metric_names.EVAL_PASS1)
     if len(pass1) >= 2:
         diff = pass1[-1] - pass1[0]
         out.append(
@@ -404,7 +394,7 @@ def _summary(run_dir: Path, train: list[Record], evals: list[Record], files: Rep
     else:
         out.append("- **Eval pass@1 (greedy):** no evaluation logged")
 
-    reward_steps, rewards = _series(train, REWARD_MEAN)
+    reward_steps, rewards = _series(train, metric_names.REWARD_MEAN)
     if rewards:
         out.append(
             f"- **Reward (mean):** {_fmt(rewards[0])} at step {reward_steps[0]} → {_fmt(rewards[-1])} at step "
@@ -413,17 +403,17 @@ def _summary(run_dir: Path, train: list[Record], evals: list[Record], files: Rep
     else:
         out.append("- **Reward (mean):** not logged")
 
-    tokens = _mean(_series(train, TOKENS_PER_S)[1])
+    tokens = _mean(_series(train, metric_names.TOKENS_PER_S)[1])
     out.append(f"- **Throughput:** {_fmt(tokens, ',.0f')} tokens/s (mean over steps)")
 
-    step_mean = _mean(_series(train, STEP_TIME)[1])
+    step_mean = _mean(_series(train, metric_names.TIMING_STEP)[1])
     out.append(f"- **Step time:** {_fmt(step_mean, '.2f')} s (mean over steps)")
     out.append("")
 
     timing_steps, rows = _timing_rows(train)
     if timing_steps:
         out += ["## Time per step", "", "| phase | mean s/step | share of step |", "|---|---:|---:|"]
-        for name, key in (*PHASES, (OTHER, None)):
+        for name, key in (*metric_names.STEP_PHASES, (OTHER, None)):
             values = _series(train, key)[1] if key else rows[OTHER]
             mean = _mean(values)
             share = f"{mean / step_mean:.0%}" if mean is not None and step_mean else "n/a"

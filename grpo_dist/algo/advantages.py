@@ -131,7 +131,7 @@ def zero_std_group_mask(rewards: torch.Tensor | Sequence[float], group_size: int
     """``[num_prompts]`` bool, True for groups whose rewards are all identical.
 
     Such groups have zero advantage and contribute no policy gradient: their mean is the metric
-    ``frac_reward_zero_std``, and DAPO's dynamic sampling drops them and samples more prompts.
+    ``reward/frac_zero_std``, and DAPO's dynamic sampling drops them and samples more prompts.
     """
     return _zero_std(_as_groups(rewards, group_size))
 

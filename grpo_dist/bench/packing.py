@@ -20,6 +20,13 @@ from typing import Any
 from grpo_dist.bench.common import Settings, bench_config, model_facts, private_ray, settle
 from grpo_dist.bench.memory import MemorySampler, peak_rss_mb
 from grpo_dist.bench.records import best, figure
+from grpo_dist.metric_names import (
+    LEARNER_GRAD_NORM,
+    LEARNER_LOSS,
+    LEARNER_MICRO_BATCHES_PER_RANK,
+    LEARNER_PADDING_FRACTION,
+    LEARNER_PADDING_SAVED_FRACTION,
+)
 
 NUM_PROMPTS, GROUP = 4, 8
 SHORT, LONG, LONG_SHARE = (8, 48), (128, 256), 0.25
@@ -126,10 +133,10 @@ def _variant(cfg: Any, path: str, batch: Any, reps: int) -> dict[str, Any]:
         group.shutdown()
     return {
         "seconds": seconds,
-        "first_grad_norm": first["grad_norm"],
-        "first_loss": first["loss"],
-        "padding_fraction": first["learner/padding_fraction"] + first["learner/padding_saved_fraction"],
-        "micro_batches_per_rank": first["learner/micro_batches_per_rank"],
+        "first_grad_norm": first[LEARNER_GRAD_NORM],
+        "first_loss": first[LEARNER_LOSS],
+        "padding_fraction": first[LEARNER_PADDING_FRACTION] + first[LEARNER_PADDING_SAVED_FRACTION],
+        "micro_batches_per_rank": first[LEARNER_MICRO_BATCHES_PER_RANK],
         "logprobs": logprobs,
         "others_changed": others_changed,
         "rank_peak_rss_mb": peaks,

@@ -15,7 +15,16 @@ from grpo_dist.cluster import ActorDiedError, wait_all
 from grpo_dist.config import Config
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.work import MicroBatching, RankWork, merge_rows, plan_padding, split_step
-from grpo_dist.learner.worker import LOSS_TOKENS, LearnerWorker, learner_env
+from grpo_dist.learner.worker import CONSECUTIVE_NONFINITE, LOSS_TOKENS, LearnerWorker, learner_env
+from grpo_dist.metric_names import (
+    LEARNER_GRAD_NORM,
+    LEARNER_LOSS,
+    LEARNER_LR,
+    LEARNER_MICRO_BATCHES_PER_RANK,
+    LEARNER_NUM_SKIPPED_UPDATES,
+    LEARNER_PADDING_FRACTION,
+    LEARNER_PADDING_SAVED_FRACTION,
+)
 from grpo_dist.placement import RolePlacement
 from grpo_dist.sync.plan import Bucket
 
@@ -103,9 +112,9 @@ class LearnerGroup:
         out = combine_rank_metrics(per_rank)
         # what the padded path would have computed as padding in these micro-batches (packing saves it)
         padding = plan_padding(batch, works)
-        out["learner/padding_fraction"] = padding if not self.packing else 0.0
-        out["learner/padding_saved_fraction"] = padding if self.packing else 0.0
-        out["learner/micro_batches_per_rank"] = float(works[0].num_micro_batches)
+        out[LEARNER_PADDING_FRACTION] = padding if not self.packing else 0.0
+        out[LEARNER_PADDING_SAVED_FRACTION] = padding if self.packing else 0.0
+        out[LEARNER_MICRO_BATCHES_PER_RANK] = float(works[0].num_micro_batches)
         return out
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -169,7 +178,7 @@ def memory_advice(cfg: Config) -> str:
 
 
 #: rank metrics that are already the group's figure on every rank, or a per-rank share the mean recombines
-_RANK_MEAN_KEYS = ("loss", "grad_norm", "lr", "num_skipped_updates", "consecutive_nonfinite")
+_RANK_MEAN_KEYS = (LEARNER_LOSS, LEARNER_GRAD_NORM, LEARNER_LR, LEARNER_NUM_SKIPPED_UPDATES, CONSECUTIVE_NONFINITE)
 
 
 def combine_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:

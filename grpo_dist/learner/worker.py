@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from grpo_dist import algo
+from grpo_dist import algo, metric_names
 from grpo_dist.config import Config
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.ds_config import build_ds_config
@@ -40,8 +40,10 @@ from grpo_dist.sync.plan import Bucket, ParamMeta, checksum, make_buckets
 logger = logging.getLogger(__name__)
 
 
-LOSS_TOKENS = "learner/loss_tokens"
+LOSS_TOKENS = metric_names.LEARNER_LOSS_TOKENS
 """The tokens of a rank's loss in a step: the weight of its token-averaged metrics in the group's mean."""
+CONSECUTIVE_NONFINITE = "consecutive_nonfinite"
+"""Not a metric: the control figure (steps in a row with a skipped update) the driver aborts on."""
 
 
 def learner_env(device: str) -> dict[str, str]:
@@ -312,13 +314,13 @@ class LearnerWorker:
         self.version = step
         self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if num_skipped else 0
         num_minibatches = len(work.micro_batches)
-        out = {k: totals[k] / max(1, counts[k]) for k in counts}
+        out = {metric_names.learner_metric(k): totals[k] / max(1, counts[k]) for k in counts}
         # each rank holds world_size x its share of the loss: the group's mean over ranks is the global loss
-        out["loss"] = totals.get("loss", 0.0) / (lc.ppo_epochs * num_minibatches)
-        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
-        out["lr"] = float(engine.get_lr()[0])
-        out["num_skipped_updates"] = float(num_skipped)
-        out["consecutive_nonfinite"] = float(self.consecutive_nonfinite)
+        out[metric_names.LEARNER_LOSS] = totals.get("loss", 0.0) / (lc.ppo_epochs * num_minibatches)
+        out[metric_names.LEARNER_GRAD_NORM] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        out[metric_names.LEARNER_LR] = float(engine.get_lr()[0])
+        out[metric_names.LEARNER_NUM_SKIPPED_UPDATES] = float(num_skipped)
+        out[CONSECUTIVE_NONFINITE] = float(self.consecutive_nonfinite)
         out[LOSS_TOKENS] = num_tokens
         out.update({f"timing/learner_{k}_s": v for k, v in clock.items()})
         out.update(self._global_mismatch(mismatch))

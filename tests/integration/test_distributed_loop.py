@@ -9,6 +9,7 @@ deadline, naming the engine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -142,7 +143,7 @@ def test_behavioural_check_ran_as_configured(trained: Any) -> None:
     sc = trained.cfg.sync
     length = min(sc.probe_length, trained.cfg.data.max_prompt_length + trained.cfg.data.max_response_length - 1)
     assert [len(seq) for seq in trained.weight_sync.probe] == [length] * sc.probe_num_sequences
-    steps = [m for m in read_metrics(trained.run_dir) if "loss" in m]
+    steps = [m for m in read_metrics(trained.run_dir) if "learner/loss" in m]
     assert len(steps) == NUM_STEPS
     for i, m in enumerate(steps):
         if i % sc.probe_every:  # sync.probe_every=2: the 2nd sync goes unchecked
@@ -175,15 +176,15 @@ def test_step_metrics_are_complete(trained: Any) -> None:
         "reward/exact_match",
         "reward/format",
         "reward/digits",
-        "frac_reward_zero_std",
+        "reward/frac_zero_std",
         "response_length/mean",
         "response_length/clip_frac",
-        "loss",
-        "kl",
-        "clip_fraction",
-        "entropy",
-        "grad_norm",
-        "lr",
+        "learner/loss",
+        "learner/kl",
+        "learner/clip_fraction",
+        "learner/entropy",
+        "learner/grad_norm",
+        "learner/lr",
         "timing/rollout_s",
         "timing/reward_s",
         "timing/train_s",
@@ -196,9 +197,14 @@ def test_step_metrics_are_complete(trained: Any) -> None:
     assert len(records) == NUM_STEPS
     for m in records:
         assert required <= set(m), required - set(m)
-        assert m["kl"] is not None
-        assert m["kl"] >= 0.0
+        assert m["learner/kl"] is not None
+        assert m["learner/kl"] >= 0.0
         assert m["rollout/sampling_rounds"] >= 1
+    # until the deprecated flat names are dropped, the file itself carries them beside the new ones
+    raw = [json.loads(line) for line in (trained.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in (r for r in raw if "reward/mean" in r):
+        assert {"loss", "kl", "grad_norm", "lr", "frac_reward_zero_std"} <= set(line)
+        assert line["loss"] == line["learner/loss"]
     evals = [m for m in read_metrics(trained.run_dir) if "eval/pass@1" in m]
     assert [m["step"] for m in evals] == [0, NUM_STEPS]
     assert (trained.run_dir / "final" / "model.safetensors").is_file()

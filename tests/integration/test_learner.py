@@ -51,13 +51,13 @@ def test_nonfinite_loss_skips_the_update(local_ray: None, tiny_assets: dict[str,
         before = group.sequence_logprobs(probe)
         n = cfg.data.train_batch_size * cfg.rollout.num_generations
         bad = group.train(_batch(tok, n, nan=True), step=1)
-        assert bad["num_skipped_updates"] == 1.0
+        assert bad["learner/num_skipped_updates"] == 1.0
         assert bad["consecutive_nonfinite"] == 1.0
         assert group.sequence_logprobs(probe) == before  # bit-identical: nothing was applied
         good = group.train(_batch(tok, n, nan=False), step=2)
-        assert good["num_skipped_updates"] == 0.0
+        assert good["learner/num_skipped_updates"] == 0.0
         assert good["consecutive_nonfinite"] == 0.0
-        assert torch.isfinite(torch.tensor(good["grad_norm"]))
+        assert torch.isfinite(torch.tensor(good["learner/grad_norm"]))
         assert group.sequence_logprobs(probe) != before
     finally:
         group.shutdown()
@@ -102,6 +102,6 @@ def test_real_deepspeed_update_is_the_same_for_any_cut_and_rank_count(
             group.shutdown()
     one, two = results.values()
     assert two["learner/micro_batches_per_rank"] < one["learner/micro_batches_per_rank"]
-    assert one["grad_norm"] > 0
-    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-8)
+    assert one["learner/grad_norm"] > 0
+    assert two["learner/grad_norm"] == pytest.approx(one["learner/grad_norm"], rel=1e-5)
+    assert two["learner/loss"] == pytest.approx(one["learner/loss"], rel=1e-5, abs=1e-8)

@@ -133,7 +133,7 @@ def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_pa
     with Trainer(cfg) as trainer:
         trainer.start()
         trainer.run()
-        steps = [m for m in read_metrics(run_dir) if "loss" in m]
+        steps = [m for m in read_metrics(run_dir) if "learner/loss" in m]
         assert len(steps) == 2 and not any(k.startswith("eval/") for m in read_metrics(run_dir) for k in m)
         assert all(m["sync/probe_max_diff"] < 1e-4 for m in steps)
         assert all("rollout_corr/logp_diff_max" in m for m in steps)

@@ -70,7 +70,7 @@ def test_a_sync_that_leaves_a_layer_stale_stops_the_run_with_a_checkpoint(
     assert "probe sequence" in message and "sync.probe_tolerance" in message
     assert "step_000001" in message and "trainer.resume=auto" in message
     assert (tmp_path / "checkpoints" / "step_000001" / "hf" / "model.safetensors").is_file()
-    assert not any("loss" in m for m in read_metrics(tmp_path))  # the broken step was never logged as done
+    assert not any("learner/loss" in m for m in read_metrics(tmp_path))  # the broken step was never logged as done
 
 
 def test_the_tolerance_decides_what_counts_as_broken(local_ray: None, tiny_assets: dict[str, str], tmp_path) -> None:
@@ -87,6 +87,6 @@ def test_the_tolerance_decides_what_counts_as_broken(local_ray: None, tiny_asset
         trainer.start()
         ray.get(trainer.engines.actors[1].__ray_call__.remote(_drop_one_tensor, DROPPED), timeout=60)
         trainer.run()
-    steps = [m for m in read_metrics(tmp_path) if "loss" in m]
+    steps = [m for m in read_metrics(tmp_path) if "learner/loss" in m]
     assert len(steps) == 2
     assert max(m["sync/probe_max_diff"] for m in steps) > default_tolerance("float32")

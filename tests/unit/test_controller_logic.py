@@ -34,7 +34,7 @@ def test_rollout_metrics_hand_values() -> None:
     valid = torch.tensor([g.valid for g in groups])
     m = _rollout_metrics(groups, valid, rewards, 8)
     assert m["reward/mean"] == pytest.approx(5 / 7)
-    assert m["frac_reward_zero_std"] == 0.5  # the second group's valid rewards are all 1
+    assert m["reward/frac_zero_std"] == 0.5  # the second group's valid rewards are all 1
     assert m["response_length/mean"] == pytest.approx(20 / 8)
     assert m["response_length/clip_frac"] == pytest.approx(1 / 8)
     assert m["reward/num_masked_samples"] == 1

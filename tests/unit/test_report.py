@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from grpo_dist.metric_names import DEPRECATED_METRIC_NAMES, is_reward_component, with_deprecated_names
 from grpo_dist.report import PLOT_NAMES, ReportFiles, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,15 +31,17 @@ def _train_line(step: int) -> dict[str, Any]:
         "reward/std": 0.3,
         "reward/exact_match": REWARD_MEAN[i] - 0.05,
         "reward/format": 0.9,
-        "frac_reward_zero_std": 0.25,
+        "reward/frac_zero_std": 0.25,
+        "reward/num_masked_samples": 0.0,
+        "reward/exact_match/failures": 0.0,
         "response_length/mean": 120.0 + 10 * step,
         "response_length/clip_frac": 0.02 * step,
-        "loss": 0.01,
-        "kl": None if step == 2 else 0.001 * step,  # NaN is logged as null
-        "clip_fraction": 0.05,
-        "entropy": 1.2 - 0.1 * step,
-        "grad_norm": 0.5,
-        "lr": 1e-6,
+        "learner/loss": 0.01,
+        "learner/kl": None if step == 2 else 0.001 * step,  # NaN is logged as null
+        "learner/clip_fraction": 0.05,
+        "learner/entropy": 1.2 - 0.1 * step,
+        "learner/grad_norm": 0.5,
+        "learner/lr": 1e-6,
         **{f"timing/{name}_s": seconds for name, seconds in PHASES.items()},
         "timing/step_s": STEP_S[i],
         "throughput/tokens_per_s": 1000.0 + 100 * step,
@@ -184,13 +187,16 @@ def test_summary_links_plots_relatively(full: tuple[Path, ReportFiles, str]) -> 
     assert str(files.report_dir) not in text
 
 
+DRIFT_METRICS = ("learner/kl", "learner/clip_fraction", "learner/entropy")
+
+
 def test_report_is_rewritten_in_place(tmp_path: Path) -> None:
     run_dir = _full_run(tmp_path / "run")
     first = write_report(run_dir)
     # the same run without evaluation and KL: the old plots must not linger next to the new summary
     _write_metrics(
         run_dir,
-        [{k: v for k, v in _train_line(s).items() if k not in ("kl", "clip_fraction", "entropy")} for s in range(1, 6)],
+        [{k: v for k, v in _train_line(s).items() if k not in DRIFT_METRICS} for s in range(1, 6)],
     )
     second = write_report(run_dir)
     assert first.pass_at_1 is not None and first.kl_clip is not None
@@ -227,12 +233,43 @@ def test_metrics_that_are_all_null_count_as_absent(tmp_path: Path) -> None:
     run_dir = tmp_path / "run-null"
     run_dir.mkdir()
     lines = [
-        f'{{"step": {s}, "kl": null, "entropy": NaN, "clip_fraction": Infinity, "reward/mean": "x"}}' for s in (1, 2)
+        f'{{"step": {s}, "learner/kl": null, "learner/entropy": NaN, "learner/clip_fraction": Infinity, '
+        f'"reward/mean": "x"}}'
+        for s in (1, 2)
     ]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     files = write_report(run_dir)
     assert files.plots() == []
     assert "No plottable metrics were logged." in files.summary.read_text(encoding="utf-8")
+
+
+def _old_names(line: dict[str, Any]) -> dict[str, Any]:
+    """``line`` as grpo-dist 0.1.0 wrote it: flat names for the metrics renamed since."""
+    old_of = {new: old for old, new in DEPRECATED_METRIC_NAMES.items()}
+    return {old_of.get(k, k): v for k, v in line.items()}
+
+
+def test_a_run_written_with_the_old_flat_names_reads_the_same(tmp_path: Path) -> None:
+    lines = [_train_line(s) for s in range(1, 6)]
+    old = [_old_names(line) for line in lines]
+    assert {"kl", "clip_fraction", "entropy", "loss", "frac_reward_zero_std"} <= set(old[0])
+    assert not any(k.startswith("learner/") for k in old[0])
+    _write_metrics(tmp_path / "new" / "run", lines)
+    _write_metrics(tmp_path / "old" / "run", old)
+    # and a file of this release: new names with the old ones repeated after them
+    _write_metrics(tmp_path / "both" / "run", [with_deprecated_names(line) for line in lines])
+    reports = {name: write_report(tmp_path / name / "run") for name in ("new", "old", "both")}
+    for files in reports.values():
+        assert files.kl_clip is not None
+        _assert_png(files.kl_clip)
+        assert [p.name for p in files.plots()] == [p.name for p in reports["new"].plots()]
+    texts = {name: files.summary.read_text(encoding="utf-8") for name, files in reports.items()}
+    assert texts["old"] == texts["new"] == texts["both"]
+
+
+def test_reward_components_are_the_reward_functions_only() -> None:
+    components = sorted(k for k in _train_line(1) if is_reward_component(k))
+    assert components == ["reward/exact_match", "reward/format"]  # not frac_zero_std, masked counts, failures
 
 
 def test_eval_only_run(tmp_path: Path) -> None:
