@@ -118,12 +118,12 @@ def settings_for(quick: bool, *, models: Sequence[str] | None = None, reps: int 
 
 def bench_model(name: str) -> Path:
     """The benchmark model ``name`` (tokenizer + random weights), built once into the cache."""
-    from grpo_dist.models.assets import _atomic_build
+    from grpo_dist.models.assets import atomic_build
     from grpo_dist.models.builder import build_model
 
     spec = MODELS[name]
     target = cache_root() / "bench-models" / f"{spec.name}-seed{spec.seed}"
-    return _atomic_build(target, lambda tmp: build_model(tmp, spec))
+    return atomic_build(target, lambda tmp: build_model(tmp, spec))
 
 
 def model_facts(path: Path) -> dict[str, Any]:

@@ -58,7 +58,7 @@ _figure = functools.partial(figure, benchmark="trl-real", model="smollm2-135m-in
 
 def ensure_chat_data() -> tuple[Path, Path]:
     """``chat-addition-1d``'s train/eval parquet files in the cache (written once)."""
-    from grpo_dist.models.assets import _atomic_build
+    from grpo_dist.models.assets import atomic_build
     from grpo_dist.tasks.arithmetic import named_task, write_splits
 
     named = named_task("chat-addition-1d")
@@ -67,7 +67,7 @@ def ensure_chat_data() -> tuple[Path, Path]:
     def build(tmp: Path) -> None:
         write_splits(tmp, num_train=named.num_train, num_eval=named.num_eval, seed=0, task=named.task)
 
-    root = _atomic_build(target, build)
+    root = atomic_build(target, build)
     return root / "train.parquet", root / "eval.parquet"
 
 

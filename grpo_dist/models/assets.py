@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from grpo_dist.config import Config
@@ -30,7 +31,14 @@ def embedded_task():  # -> AdditionTask
     return AdditionTask(min_digits=1, max_digits=2)
 
 
-def _atomic_build(target: Path, build) -> Path:  # build(tmp_dir) -> None
+def atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, a directory ``build(tmp)`` fills, built once and published whole.
+
+    ``build`` writes into a fresh temporary directory beside ``target``, which is marked complete and then
+    renamed into place: an interrupted build leaves nothing at ``target``, and of concurrent builders the
+    first rename wins (the others' copies are dropped). A ``target`` already marked complete is returned
+    without building.
+    """
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +80,7 @@ def ensure_embedded_model(
         shutil.rmtree(base)
         logger.info("embedded model built: warm start loss %.3f in %.0f s", stats["loss"], stats["seconds"])
 
-    return _atomic_build(target, build)
+    return atomic_build(target, build)
 
 
 def ensure_task_data(seed: int = 0) -> tuple[Path, Path]:
@@ -81,7 +89,7 @@ def ensure_task_data(seed: int = 0) -> tuple[Path, Path]:
 
     task = embedded_task()
     target = cache_root() / "data" / f"addition-{task.min_digits}-{task.max_digits}-seed{seed}"
-    _atomic_build(
+    atomic_build(
         target,
         lambda tmp: write_splits(
             tmp, num_train=NUM_TRAIN_ROWS, num_eval=NUM_EVAL_ROWS, seed=seed, task=embedded_task()

@@ -197,7 +197,7 @@ def _copy_model(src: Path, dst: Path) -> None:
 def ensure_shorthand(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The shorthand's model imported into ``cache_dir/models/`` (default: the project's cache), once."""
     from grpo_dist.embedded import cache_root
-    from grpo_dist.models.assets import _atomic_build
+    from grpo_dist.models.assets import atomic_build
 
     if name not in SHORTHANDS:
         raise GGUFImportError(f"{name}: unknown shorthand; known: {', '.join(SHORTHANDS)}")
@@ -208,7 +208,7 @@ def ensure_shorthand(name: str, cache_dir: str | os.PathLike[str] | None = None)
     path = resolve_source(shorthand_file(name))
     check_packages(path)
     logger.info("importing %s into %s (about a minute)", path.name, target)
-    return _atomic_build(target, lambda tmp: _load_and_save(path, tmp))
+    return atomic_build(target, lambda tmp: _load_and_save(path, tmp))
 
 
 def ensure_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
