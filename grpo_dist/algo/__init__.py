@@ -21,7 +21,7 @@ from grpo_dist.algo.aggregation import (
     loss_denominator,
 )
 from grpo_dist.algo.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_penalty
-from grpo_dist.algo.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, token_entropy, token_logprobs
+from grpo_dist.algo.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprob_sums, token_entropy, token_logprobs
 from grpo_dist.algo.losses import RATIO_LEVELS, importance_log_ratio, policy_loss
 from grpo_dist.algo.rollout_correction import (
     CORRECTION_MODES,
@@ -53,7 +53,7 @@ __all__ = [
     "policy_loss",
     "rollout_is_weights",
     "rollout_log_ratio",
-    "sequence_logprobs",
+    "sequence_logprob_sums",
     "token_entropy",
     "token_logprobs",
     "zero_std_group_mask",

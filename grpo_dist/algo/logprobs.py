@@ -164,7 +164,7 @@ def token_entropy(
     return out.view(logits.shape[:-1])
 
 
-def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_logprob_sums(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[B, T], [B, T] -> [B]`` sum of each sequence's log-probs over its masked (response) tokens.
 
     Masked-out positions are excluded with ``where`` rather than multiplied by 0, so a ``-inf`` or NaN log-prob

@@ -117,15 +117,18 @@ class LearnerGroup:
         out[LEARNER_MICRO_BATCHES_PER_RANK] = float(works[0].num_micro_batches)
         return out
 
-    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+    def sequence_token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         return self._call_all(
-            "sequence_logprobs", sequences, timeout_s=self.cfg.learner.step_timeout_s, what="sequence logprobs"
+            "sequence_token_logprobs",
+            sequences,
+            timeout_s=self.cfg.learner.step_timeout_s,
+            what="sequence token logprobs",
         )[0]
 
-    def sequence_logprobs_refs(self, sequences: list[list[int]]) -> list[Any]:
-        """``sequence_logprobs`` without waiting (every rank takes part: ZeRO-3 gathers); rank 0's result
+    def sequence_token_logprobs_refs(self, sequences: list[list[int]]) -> list[Any]:
+        """``sequence_token_logprobs`` without waiting (every rank takes part: ZeRO-3 gathers); rank 0's result
         is the first ref's."""
-        return self._refs("sequence_logprobs", sequences)
+        return self._refs("sequence_token_logprobs", sequences)
 
     def weight_plan(self) -> list[Bucket]:
         return self._call_one(0, "weight_plan", timeout_s=60.0)

@@ -224,7 +224,7 @@ class LearnerWorker:
                     out[torch.tensor(rows, dtype=torch.long), : lp.shape[1]] = lp.float().cpu()
         return out
 
-    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+    def sequence_token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Per-token logprobs of whole sequences at temperature 1 (to compare with an engine's), through
         the same forward path (packing, fused head) as training."""
         n = len(sequences)

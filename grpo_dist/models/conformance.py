@@ -180,7 +180,7 @@ def _stage(result: FamilyResult, name: str) -> Iterator[None]:
 
 
 def _engine_logprobs(engines: Any, probe: list[list[int]]) -> list[list[float]]:
-    return engines.call_all("sequence_logprobs", probe, timeout_s=300, what="probe logprobs")[0]
+    return engines.call_all("sequence_token_logprobs", probe, timeout_s=300, what="probe logprobs")[0]
 
 
 def _train_batch(engines: Any, cfg: Any, step: int, vocab_size: int, seed: int) -> Any:
@@ -355,14 +355,14 @@ def check_family(
             result.seconds = round(time.perf_counter() - start, 1)
             return result
         with _stage(result, "probe before"):
-            learner_before = learners.sequence_logprobs(probe)
+            learner_before = learners.sequence_token_logprobs(probe)
             result.parity_before = max_abs_diff(learner_before, _engine_logprobs(engines, probe))
         with _stage(result, "sync"):
             for step in range(1, NUM_STEPS + 1):
                 learners.train(_train_batch(engines, cfg, step, vocab_size, seed), step)
                 sync.sync(version=step)
         with _stage(result, "probe after"):  # also after a failed sync: how wrong is the engine?
-            learner_after = learners.sequence_logprobs(probe)
+            learner_after = learners.sequence_token_logprobs(probe)
             if learner_before is not None:
                 result.logprob_shift = max_abs_diff(learner_before, learner_after)
             result.parity_after = max_abs_diff(learner_after, _engine_logprobs(engines, probe))

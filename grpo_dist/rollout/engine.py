@@ -201,7 +201,7 @@ class VllmEngine:
             groups.append(RolloutGroup(prompt, completions, self.version, self.engine_index, batch_indices[p]))
         return groups
 
-    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+    def sequence_token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Per-token logprobs the engine's current weights assign to each sequence (token t given t' < t).
 
         Used to prove that the engine holds the learner's weights after a sync.

@@ -32,7 +32,7 @@ class ModelScorer:
         dtype: str = "float32",
         kv_cache_gib: float = 0.1,
     ) -> list[list[float]]:
-        """``VllmEngine.sequence_logprobs`` of ``sequences`` under a fresh engine on ``model_path``."""
+        """``VllmEngine.sequence_token_logprobs`` of ``sequences`` under a fresh engine on ``model_path``."""
         from vllm.distributed import cleanup_dist_env_and_memory
 
         engine: VllmEngine | None = None
@@ -46,7 +46,7 @@ class ModelScorer:
                 seed=seed,
                 kv_cache_gib=kv_cache_gib,
             )
-            return engine.sequence_logprobs(sequences)
+            return engine.sequence_token_logprobs(sequences)
         finally:
             del engine
             gc.collect()

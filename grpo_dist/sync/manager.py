@@ -87,7 +87,7 @@ class WeightSync:
         try:
             publish = self.learners.publish_refs(verify)
             if probing:  # the learner's side of the probe queues behind its publication, beside the reloads
-                learner_probe = self.learners.sequence_logprobs_refs(self.probe)
+                learner_probe = self.learners.sequence_token_logprobs_refs(self.probe)
             if self.transport == "broadcast":
                 receive = [e.receive_weights.remote(version, None, verify) for e in self.engines.actors]
                 results = wait_all(publish + receive, timeout_s=timeout, what=what, names=names)
@@ -133,8 +133,8 @@ class WeightSync:
         assert self.probe is not None
         timeout = self.cfg.sync.timeout_s
         what = f"behavioural check of weights version {version}"
-        learner_refs = learner_refs or self.learners.sequence_logprobs_refs(self.probe)
-        refs = [e.sequence_logprobs.remote(self.probe) for e in self.engines.actors]
+        learner_refs = learner_refs or self.learners.sequence_token_logprobs_refs(self.probe)
+        refs = [e.sequence_token_logprobs.remote(self.probe) for e in self.engines.actors]
         try:
             scored = wait_all(
                 learner_refs + refs, timeout_s=timeout, what=what, names=self.learners.names + self.engines.names

@@ -124,9 +124,9 @@ def test_engines_hold_the_learners_weights_after_sync(trained: Any) -> None:
     tok = trained.tokenizer
     seqs = [tok(r["prompt"] + r["completion"], add_special_tokens=False).input_ids for r in rows[:8]]
     seqs = [[tok.bos_token_id, *s] for s in seqs]
-    learner = trained.learners.sequence_logprobs(seqs)
+    learner = trained.learners.sequence_token_logprobs(seqs)
     for actor in trained.engines.actors:
-        engine = ray.get(actor.sequence_logprobs.remote(seqs), timeout=60)
+        engine = ray.get(actor.sequence_token_logprobs.remote(seqs), timeout=60)
         diff = max(abs(a - b) for s1, s2 in zip(learner, engine) for a, b in zip(s1, s2))
         assert diff < 1e-4, diff
     # and the weights did move: the initial model scores the same tokens differently

@@ -48,17 +48,17 @@ def test_nonfinite_loss_skips_the_update(local_ray: None, tiny_assets: dict[str,
     group = LearnerGroup(cfg, placement=placement, model_path=tiny_assets["model"], device="cpu")
     try:
         probe = [[tok.bos_token_id, *tok("12+3=15").input_ids]]
-        before = group.sequence_logprobs(probe)
+        before = group.sequence_token_logprobs(probe)
         n = cfg.data.train_batch_size * cfg.rollout.num_generations
         bad = group.train(_batch(tok, n, nan=True), step=1)
         assert bad["learner/num_skipped_updates"] == 1.0
         assert bad["consecutive_nonfinite"] == 1.0
-        assert group.sequence_logprobs(probe) == before  # bit-identical: nothing was applied
+        assert group.sequence_token_logprobs(probe) == before  # bit-identical: nothing was applied
         good = group.train(_batch(tok, n, nan=False), step=2)
         assert good["learner/num_skipped_updates"] == 0.0
         assert good["consecutive_nonfinite"] == 0.0
         assert torch.isfinite(torch.tensor(good["learner/grad_norm"]))
-        assert group.sequence_logprobs(probe) != before
+        assert group.sequence_token_logprobs(probe) != before
     finally:
         group.shutdown()
 

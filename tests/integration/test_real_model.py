@@ -138,9 +138,9 @@ def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_pa
         assert all(m["sync/probe_max_diff"] < 1e-4 for m in steps)
         assert all("rollout_corr/logp_diff_max" in m for m in steps)
         seqs = [list(p.token_ids) for p in trainer.train_prompts[:4]]
-        learner = trainer.learners.sequence_logprobs(seqs)
+        learner = trainer.learners.sequence_token_logprobs(seqs)
         for actor in trainer.engines.actors:
-            engine = ray.get(actor.sequence_logprobs.remote(seqs), timeout=120)
+            engine = ray.get(actor.sequence_token_logprobs.remote(seqs), timeout=120)
             diff = max(abs(a - b) for s1, s2 in zip(learner, engine) for a, b in zip(s1, s2))
             assert diff < 1e-4, diff
     initial = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)

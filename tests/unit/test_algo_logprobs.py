@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from grpo_dist.algo import sequence_logprobs, token_entropy, token_logprobs
+from grpo_dist.algo import sequence_logprob_sums, token_entropy, token_logprobs
 
 
 def _data(
@@ -143,12 +143,12 @@ def test_token_entropy_bf16_and_uniform() -> None:
     torch.testing.assert_close(uniform, torch.full((1, 2), float(torch.log(torch.tensor(8.0)))))
 
 
-def test_sequence_logprobs_sums_masked_tokens_only() -> None:
+def test_sequence_logprob_sums_add_masked_tokens_only() -> None:
     lp = torch.tensor([[-1.0, -2.0, float("-inf")], [-0.5, float("nan"), -3.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
-    torch.testing.assert_close(sequence_logprobs(lp, mask), torch.tensor([-3.0, -3.5]))
-    torch.testing.assert_close(sequence_logprobs(lp, mask.bool()), torch.tensor([-3.0, -3.5]))
-    assert sequence_logprobs(lp, torch.zeros(2, 3)).tolist() == [0.0, 0.0]
+    torch.testing.assert_close(sequence_logprob_sums(lp, mask), torch.tensor([-3.0, -3.5]))
+    torch.testing.assert_close(sequence_logprob_sums(lp, mask.bool()), torch.tensor([-3.0, -3.5]))
+    assert sequence_logprob_sums(lp, torch.zeros(2, 3)).tolist() == [0.0, 0.0]
 
 
 def test_invalid_arguments_are_rejected() -> None:
@@ -168,7 +168,7 @@ def test_invalid_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="floating-point"):
         token_logprobs(targets.unsqueeze(-1), targets)
     with pytest.raises(ValueError, match=r"mask has shape \(2, 2\)"):
-        sequence_logprobs(torch.zeros(2, 3), torch.ones(2, 2))
+        sequence_logprob_sums(torch.zeros(2, 3), torch.ones(2, 2))
 
 
 @settings(max_examples=50, deadline=None)
