@@ -24,13 +24,24 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from grpo_dist.config import ConfigError, load_config
+    """Parse the config, then check it against the model, data and reward functions as ``train`` would."""
+    from grpo_dist.config import load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    if not args.config_only:
+        from grpo_dist.cluster import resolve_device
+        from grpo_dist.preflight import check_inputs
+
+        inputs = check_inputs(cfg, device=resolve_device(cfg), build_embedded=False, source=args.config)
+        if inputs is None:
+            checked = "the embedded model and task are built by the first train; reward functions checked"
+        else:
+            checked = (
+                f"model {inputs.model_path}, {len(inputs.train_prompts)} training prompts, "
+                f"{len(inputs.eval_prompts)} held-out prompts and {len(cfg.reward.functions)} reward function(s) "
+                "checked"
+            )
+        print(f"config ok: {checked}", file=sys.stderr)
     if args.json:
         import json
 
@@ -48,38 +59,30 @@ def _setup_logging() -> None:
     )
 
 
-def _load_or_exit(path: str, overrides: list[str]):  # -> Config | None
+def _load(path: str, overrides: list[str]):  # -> Config
     """Load a config file; ``env:NAME`` reads the YAML from an environment variable (how a submitted job
-    receives its resolved config)."""
-    from grpo_dist.config import ConfigError, load_config, parse_config, read_yaml
+    receives its resolved config). Raises ``ConfigError``."""
+    from grpo_dist.config import ConfigError, apply_overrides, load_config, parse_config, read_yaml
 
-    try:
-        if path.startswith("env:"):
-            import os
+    if path.startswith("env:"):
+        import os
 
-            from grpo_dist.config import apply_overrides
-
-            name = path.removeprefix("env:")
-            if name not in os.environ:
-                raise ConfigError([f"environment variable {name} is not set"], path)
-            return parse_config(apply_overrides(read_yaml(os.environ[name]) or {}, overrides), path)
-        return load_config(path, overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return None
+        name = path.removeprefix("env:")
+        if name not in os.environ:
+            raise ConfigError([f"environment variable {name} is not set"], path)
+        return parse_config(apply_overrides(read_yaml(os.environ[name]) or {}, overrides), path)
+    return load_config(path, overrides)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config, args.overrides)
-    if cfg is None:
-        return 2
+    cfg = _load(args.config, args.overrides)
     _setup_logging()
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
-    with Trainer(cfg) as trainer:
-        trainer.start()
-        trainer.run()
-    print(f"run directory: {trainer.run_dir}")
+    with Controller(cfg) as controller:
+        controller.start()
+        controller.run()
+    print(f"run directory: {controller.run_dir}")
     return 0
 
 
@@ -95,15 +98,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if (run_dir / "final" / "config.json").is_file() and not any(o.startswith("model.path=") for o in overrides):
         overrides.append(f"model.path={run_dir / 'final'}")
-    cfg = _load_or_exit(str(run_dir / "config.yaml"), [*overrides, f"trainer.output_dir={run_dir}"])
-    if cfg is None:
-        return 2
+    cfg = _load(str(run_dir / "config.yaml"), [*overrides, f"trainer.output_dir={run_dir}"])
     _setup_logging()
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
-    with Trainer(cfg) as trainer:
-        trainer.start(training=False)
-        result = trainer.evaluate(step=0, log_name="eval_cli_greedy")
+    with Controller(cfg) as controller:
+        controller.start(training=False)
+        result = controller.evaluate(step=0, log_name="eval_cli_greedy")
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
@@ -126,25 +127,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default end to end: build the model if missing, train, evaluate, report."""
-    cfg = _load_or_exit(args.config, args.overrides)
-    if cfg is None:
-        return 2
+    cfg = _load(args.config, args.overrides)
     _setup_logging()
     import logging
     from pathlib import Path
 
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
     from grpo_dist.embedded import embedded_model_dir
     from grpo_dist.report import write_report
 
     log = logging.getLogger("grpo_dist")
     if cfg.model.path is None and not (embedded_model_dir() / ".complete").exists():
         log.info("building the embedded model (tokenizer, random init, supervised warm start): about 2-3 minutes")
-    with Trainer(cfg) as trainer:
-        trainer.start()
-        trainer.run()
-    files = write_report(Path(trainer.run_dir))
-    print(f"\nrun directory: {trainer.run_dir}")
+    with Controller(cfg) as controller:
+        controller.start()
+        controller.run()
+    files = write_report(Path(controller.run_dir))
+    print(f"\nrun directory: {controller.run_dir}")
     print(f"summary:       {files.summary}")
     for path in files.plots():
         print(f"plot:          {path}")
@@ -153,9 +152,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     """Submit a training job to a running Ray cluster through its Jobs API."""
-    cfg = _load_or_exit(args.config, args.overrides)
-    if cfg is None:
-        return 2
+    cfg = _load(args.config, args.overrides)
     from grpo_dist import submit
 
     try:
@@ -277,11 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"grpo-dist {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on a config, data or fault error, raise it with its Python traceback instead of printing the message",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("validate", help="check a config and print it fully resolved (or every error)")
+    p = sub.add_parser(
+        "validate",
+        help="check a config, its model, data and reward functions, and print it fully resolved (or every error)",
+    )
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    p.add_argument(
+        "--config-only", action="store_true", help="check the config alone (not the model, data and reward files)"
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("train", help="run GRPO training (metrics, rollouts and the final model in the run directory)")
@@ -358,11 +366,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_code(exc: BaseException) -> int | None:
+    """2 for a user's mistake (``ValueError``: a config, file or row the message names), 1 for a run stopped
+    by a fault (``TrainingAborted``, ``ActorFault``: the message says how to resume); None for anything
+    else, which is a bug and keeps its traceback."""
+    from grpo_dist.faults import ActorFault, TrainingAborted
+
+    if isinstance(exc, ValueError):
+        return 2
+    if isinstance(exc, (TrainingAborted, ActorFault)):
+        return 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None or args.traceback:
+            raise
+        print(f"grpo-dist {args.command}: {exc}", file=sys.stderr)
+        print("(grpo-dist --traceback ... prints where it was raised)", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

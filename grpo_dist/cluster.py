@@ -1,8 +1,8 @@
-"""Ray start-up, resource checks and placement groups.
+"""Ray start-up, the device, cores for CPU engines, and waiting on actors with a deadline.
 
-Every request is checked against what the cluster has before a placement group is created, and every
-placement group is awaited with a deadline: an impossible request fails at once saying what was asked
-and what is available, never as a hang.
+``wait_all`` is the one way the driver waits on several actors: every wait has a deadline, and an actor
+that died is reported first, by role and name, with the cause Ray gave. Placement groups and the checks of
+what a cluster can hold are ``grpo_dist.placement``'s.
 """
 
 from __future__ import annotations
@@ -10,13 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from grpo_dist.config import Config
-
-if TYPE_CHECKING:
-    from grpo_dist.placement import RoleSpec
+from grpo_dist.faults import ActorDiedError, ActorId
 
 logger = logging.getLogger(__name__)
 
@@ -57,50 +55,11 @@ def init_ray(cfg: Config, total_cpus: float) -> bool:
     return True
 
 
-def check_resources(specs: dict[str, RoleSpec], extra_cpus: float) -> None:
-    """Refuse a request the cluster can never hold, before creating any placement group."""
-    from grpo_dist.placement import fit_problems, live_nodes
-
-    problems = fit_problems(specs, live_nodes(), extra_cpus=extra_cpus)
-    if problems:
-        raise ValueError("the cluster cannot hold this run:\n  " + "\n  ".join(problems))
-
-
-def placement_group(bundles: list[dict[str, float]], strategy: str, *, name: str, timeout_s: float) -> Any:
-    """Create a placement group and wait for it with a deadline."""
-    import ray
-    from ray.util.placement_group import placement_group as create
-    from ray.util.placement_group import remove_placement_group
-
-    # unique per run: several runs (a training run and an eval, two jobs) may share one cluster
-    name = f"{name}-{uuid.uuid4().hex[:8]}"
-    pg = create(bundles, strategy=strategy, name=name)
-    try:
-        ray.get(pg.ready(), timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        raise TimeoutError(
-            f"placement group {name!r} ({len(bundles)} bundles of {bundles[0]}, {strategy}) was not placed within "
-            f"{timeout_s:g} s; cluster resources: {ray.available_resources()}"
-        ) from None
-    return pg
-
-
 def cpu_ids_for(index: int, count: float) -> list[int]:
     """Cores for the ``index``-th CPU engine on this machine, round-robin over the allowed cores."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     n = max(1, int(count))
     return [allowed[(index * n + k) % len(allowed)] for k in range(n)]
-
-
-class ActorDiedError(RuntimeError):
-    """An actor died while the driver waited on it; ``dead`` names which, ``killed_for_memory`` the ones Ray's
-    memory monitor (or the kernel's OOM killer) killed."""
-
-    def __init__(self, message: str, *, dead: list[str], killed_for_memory: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.dead = dead
-        self.killed_for_memory = killed_for_memory or []
 
 
 # what Ray's memory monitor writes when it kills a worker; NOT "OOM killer", which Ray lists among the possible
@@ -121,8 +80,9 @@ def death_cause(error: BaseException) -> str:
     return "its process exited"
 
 
-def wait_all(refs: list[Any], *, timeout_s: float, what: str, names: list[str]) -> list[Any]:
-    """``ray.get`` with a deadline that names whichever actors did not answer in time, or died.
+def wait_all(refs: list[Any], *, timeout_s: float, what: str, actors: Sequence[ActorId]) -> list[Any]:
+    """``ray.get`` with a deadline that names whichever actors (``actors[i]`` answers ``refs[i]``) did not
+    answer in time, or died.
 
     An actor's death is reported as soon as it is known, with its cause, before the errors it provokes in the
     others (a collective's peer closing its connection) and without waiting out the deadline for actors
@@ -146,13 +106,13 @@ def wait_all(refs: list[Any], *, timeout_s: float, what: str, names: list[str]) 
                 pass
     results, dead, causes, failures = [], [], [], []
     unfinished = set(ray.wait(refs, num_returns=len(refs), timeout=0)[1])
-    for name, ref in zip(names, refs, strict=True):
+    for actor, ref in zip(actors, refs, strict=True):
         if ref in unfinished:
             continue
         try:
             results.append(ray.get(ref, timeout=1.0))
         except ray.exceptions.RayActorError as exc:
-            dead.append(name)
+            dead.append(actor)
             causes.append(death_cause(exc))
         except Exception as exc:
             failures.append(exc)
@@ -160,12 +120,12 @@ def wait_all(refs: list[Any], *, timeout_s: float, what: str, names: list[str]) 
         for ref in unfinished:
             ray.cancel(ref, force=False)
         described = "; ".join(f"{n} died: {c}" for n, c in zip(dead, causes))
-        memory = [n for n, c in zip(dead, causes) if c.startswith("killed for memory")]
-        raise ActorDiedError(f"{what}: {described}", dead=dead, killed_for_memory=memory)
+        memory = [a.name for a, c in zip(dead, causes) if c.startswith("killed for memory")]
+        raise ActorDiedError(f"{what}: {described}", actors=dead, killed_for_memory=memory)
     if failures:
         raise failures[0]
     if unfinished:
-        late = [names[i] for i, r in enumerate(refs) if r in unfinished]
+        late = [actors[i].name for i, r in enumerate(refs) if r in unfinished]
         for r in unfinished:
             ray.cancel(r, force=False)
         raise TimeoutError(f"{what}: no answer within {timeout_s:g} s from {', '.join(late)}")

@@ -8,13 +8,16 @@ scheduling strategy of each actor.
 - colocated (``cluster.colocate``): engine i and learner rank i share bundle i (one GPU), half a GPU each.
 - on CPU the same shapes with CPUs only.
 
-``fit_problems`` is pure (a list of node resource dicts in, messages out) so the same check serves a
-local run (``ray.nodes()``) and ``grpo-dist submit`` (the cluster's state API) before any placement group
-exists.
+``check_resources`` refuses a request the cluster can never hold before any placement group exists, and
+every placement group is awaited with a deadline: an impossible request fails at once saying what was asked
+and what is available, never as a hang. ``fit_problems`` is pure (a list of node resource dicts in,
+messages out) so the same check serves a local run (``ray.nodes()``) and ``grpo-dist submit`` (the
+cluster's state API) before any placement group exists.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,14 +110,39 @@ def live_nodes() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
+def check_resources(specs: dict[str, RoleSpec], extra_cpus: float) -> None:
+    """Refuse a request the cluster can never hold, before creating any placement group."""
+    problems = fit_problems(specs, live_nodes(), extra_cpus=extra_cpus)
+    if problems:
+        raise ValueError("the cluster cannot hold this run:\n  " + "\n  ".join(problems))
+
+
+def placement_group(bundles: list[dict[str, float]], strategy: str, *, name: str, timeout_s: float) -> Any:
+    """Create a placement group and wait for it with a deadline."""
+    import ray
+    from ray.util.placement_group import placement_group as create
+    from ray.util.placement_group import remove_placement_group
+
+    # unique per run: several runs (a training run and an eval, two jobs) may share one cluster
+    name = f"{name}-{uuid.uuid4().hex[:8]}"
+    pg = create(bundles, strategy=strategy, name=name)
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise TimeoutError(
+            f"placement group {name!r} ({len(bundles)} bundles of {bundles[0]}, {strategy}) was not placed within "
+            f"{timeout_s:g} s; cluster resources: {ray.available_resources()}"
+        ) from None
+    return pg
+
+
 class RolePlacement:
     """A role's placement group, created with a deadline, and the strategy for the actor of each bundle."""
 
     def __init__(self, spec: RoleSpec, *, timeout_s: float, pg: Any = None) -> None:
-        from grpo_dist import cluster
-
         self.spec = spec
-        self.pg = pg or cluster.placement_group(
+        self.pg = pg or placement_group(
             list(spec.bundles), spec.strategy, name=f"grpo-dist-{spec.role}", timeout_s=timeout_s
         )
         self.owns_pg = pg is None

@@ -10,7 +10,7 @@ Every figure is a ratio of two measurements taken in the same run on the same ma
 - ``sync``: seconds for ``WeightSync`` to publish the weights to every engine (``broadcast`` and
   ``object_store``) vs one raw gloo broadcast of the same number of bytes (and a raw object-store
   put + get), reported as GB/s.
-- ``e2e``: samples/s of ``Trainer.train_step`` on a demo-like config, with its per-phase split
+- ``e2e``: samples/s of ``Controller.train_step`` on a demo-like config, with its per-phase split
   (``timing/*``), vs the ideal synchronous step: raw vLLM generate of the same prompts + one in-process
   weight reload + one plain torch train step on the generated sequences; fixed length on each model size,
   and natural (EOS) on the embedded task.

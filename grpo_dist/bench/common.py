@@ -200,11 +200,11 @@ def bench_config(model_path: Path, overrides: Sequence[str]) -> Any:
 
 def engine_settings(cfg: Any, model_path: Path, max_model_len: int) -> dict[str, Any]:
     """The arguments every engine of these benchmarks (grpo-dist's or raw) is built with."""
-    from grpo_dist.rollout.pool import _engine_dtype
+    from grpo_dist.rollout.pool import engine_dtype
 
     return {
         "model_path": str(model_path),
-        "dtype": _engine_dtype(cfg.model.dtype, "cpu"),
+        "dtype": engine_dtype(cfg.model.dtype, "cpu"),
         "max_model_len": max_model_len,
         "seed": cfg.trainer.seed,
         "kv_cache_gib": cfg.rollout.kv_cache_gib,

@@ -1,4 +1,4 @@
-"""``bench e2e``: samples/s of ``Trainer.train_step`` and its phase split vs the ideal synchronous step.
+"""``bench e2e``: samples/s of ``Controller.train_step`` and its phase split vs the ideal synchronous step.
 
 Two modes. Fixed length (every model size): EOS ignored, ``e2e_response_len`` tokens per completion, so
 both sides do exactly the same work. Natural (the embedded task on the warm-started embedded model): EOS
@@ -109,7 +109,7 @@ def _model_path(case: E2ECase) -> Path:
 def _e2e_case(s: Settings, case: E2ECase) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import ray
 
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
     from grpo_dist.models.assets import ensure_task_data
 
     train_file, eval_file = ensure_task_data()
@@ -121,9 +121,9 @@ def _e2e_case(s: Settings, case: E2ECase) -> tuple[dict[str, Any], list[dict[str
     ideal_runs: list[dict[str, float]] = []
     g = cfg.rollout.num_generations
     try:
-        with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
-            trainer.start()
-            pad = trainer.tokenizer.pad_token_id
+        with private_ray(verbose=s.verbose), Controller(cfg, run_dir=run_dir) as controller:
+            controller.start()
+            pad = controller.inputs.tokenizer.pad_token_id
             # The ideal step's process lives beside the trainer's actors (idle while they run, and the
             # other way round), and the two alternate step by step on the same prompts, so that a change
             # in the machine's load falls on both.
@@ -146,17 +146,17 @@ def _e2e_case(s: Settings, case: E2ECase) -> tuple[dict[str, Any], list[dict[str
                 )
 
             for step in range(1, s.e2e_warmup_steps + s.e2e_steps + 1):
-                state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
-                prompts = [trainer.train_prompts[i] for i in trainer.cursor.next_batch()]
-                trainer.cursor.load_state_dict(state)
+                state = controller.state.cursor.state_dict()  # peek at the step's prompts for the ideal step
+                prompts = [controller.inputs.train_prompts[i] for i in controller.state.cursor.next_batch()]
+                controller.state.cursor.load_state_dict(state)
                 if step % 2:
                     settle()
-                    records.append(trainer.train_step(step))
+                    records.append(controller.train_step(step))
                 settle()
                 ideal_runs.append(ideal_step(step, prompts))
                 if not step % 2:
                     settle()
-                    records.append(trainer.train_step(step))
+                    records.append(controller.train_step(step))
             ray.kill(ideal)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -246,7 +246,7 @@ def _figures(
 
 
 def e2e_phases(records: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Seconds per phase of the fastest of the Trainer's step records (see ``best``); ``probe`` is the
+    """Seconds per phase of the fastest of the Controller's step records (see ``best``); ``probe`` is the
     behavioural sync check (0 when it did not run), ``idle`` the part of that step in none of the timed
     phases (collation, advantages, driver work)."""
     keys = ("rollout", "reward", "train", "sync")

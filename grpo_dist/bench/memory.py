@@ -73,12 +73,12 @@ class MemorySampler:
         return self.peak_mb - self.baseline_mb
 
 
-def actor_peaks(trainer: object) -> dict[str, float]:
+def actor_peaks(controller: object) -> dict[str, float]:
     """Peak RSS (MB) of each engine and learner rank of a running ``Trainer``, by name."""
     import ray
 
     out: dict[str, float] = {}
-    for pool in (getattr(trainer, "engines", None), getattr(trainer, "learners", None)):
+    for pool in (getattr(controller, "engines", None), getattr(controller, "learners", None)):
         if pool is None:
             continue
         infos = ray.get([a.info.remote() for a in pool.actors], timeout=60)

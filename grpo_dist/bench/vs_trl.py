@@ -140,15 +140,15 @@ def trl_spec(cfg: Any, *, model_path: Path, train_file: Path, s: Settings, dtype
 
 
 def _grpo_dist_steps(s: Settings, cfg: Any, run_dir: Path) -> list[dict[str, Any]]:
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
     records = []
     try:
-        with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
-            trainer.start()
+        with private_ray(verbose=s.verbose), Controller(cfg, run_dir=run_dir) as controller:
+            controller.start()
             for step in range(1, s.e2e_warmup_steps + s.e2e_steps + 1):
                 settle()
-                records.append(trainer.train_step(step))
+                records.append(controller.train_step(step))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return records[s.e2e_warmup_steps :]

@@ -99,20 +99,20 @@ def _grpo_dist(s: Settings, cfg: Any, run_dir: Path) -> dict[str, Any]:
     its whole process), and the prompts of every step (for the ideal step)."""
     import os
 
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
     records, prompts, peaks = [], [], {}
     with MemorySampler() as sampler:
         try:
-            with private_ray(verbose=s.verbose), Trainer(cfg, run_dir=run_dir) as trainer:
-                trainer.start()
+            with private_ray(verbose=s.verbose), Controller(cfg, run_dir=run_dir) as controller:
+                controller.start()
                 for step in range(1, WARMUP + STEPS + 1):
-                    state = trainer.cursor.state_dict()  # peek at the step's prompts for the ideal step
-                    prompts.append([trainer.train_prompts[i] for i in trainer.cursor.next_batch()])
-                    trainer.cursor.load_state_dict(state)
+                    state = controller.state.cursor.state_dict()  # peek at the step's prompts for the ideal step
+                    prompts.append([controller.inputs.train_prompts[i] for i in controller.state.cursor.next_batch()])
+                    controller.state.cursor.load_state_dict(state)
                     settle()
-                    records.append(trainer.train_step(step))
-                peaks = actor_peaks(trainer)
+                    records.append(controller.train_step(step))
+                peaks = actor_peaks(controller)
                 peaks["driver"] = peak_rss_mb(os.getpid()) or 0.0
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)

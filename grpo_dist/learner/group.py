@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from grpo_dist.cluster import ActorDiedError, wait_all
+from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
+from grpo_dist.faults import ActorDiedError, ActorId
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.work import MicroBatching, RankWork, merge_rows, plan_padding, split_step
 from grpo_dist.learner.worker import CONSECUTIVE_NONFINITE, LOSS_TOKENS, LearnerWorker, learner_env
@@ -37,7 +38,8 @@ class LearnerGroup:
 
         self.cfg = cfg
         self.world_size = cfg.learner.num_ranks
-        self.names = [f"learner rank {r}" for r in range(self.world_size)]
+        self.ids = [ActorId("learner", f"learner rank {r}") for r in range(self.world_size)]
+        self.names = [a.name for a in self.ids]
         self.placement = placement
         actor_cls = ray.remote(LearnerWorker)
         self.actors = [
@@ -63,13 +65,13 @@ class LearnerGroup:
 
     def _call_one(self, rank: int, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
         ref = getattr(self.actors[rank], method).remote(*args, **kwargs)
-        return wait_all([ref], timeout_s=timeout_s, what=method, names=[self.names[rank]])[0]
+        return wait_all([ref], timeout_s=timeout_s, what=method, actors=[self.ids[rank]])[0]
 
     def _refs(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
     def _call_all(self, method: str, *args: Any, timeout_s: float, what: str, **kwargs: Any) -> list[Any]:
-        return wait_all(self._refs(method, *args, **kwargs), timeout_s=timeout_s, what=what, names=self.names)
+        return wait_all(self._refs(method, *args, **kwargs), timeout_s=timeout_s, what=what, actors=self.ids)
 
     def split(self, batch: TrainBatch) -> list[RankWork]:
         """Every rank's work for ``batch``: deterministic, so each pass of a step gets the same cut."""
@@ -91,12 +93,12 @@ class LearnerGroup:
     def _per_rank(self, method: str, works: list[RankWork], *args: Any, what: str, **kwargs: Any) -> list[Any]:
         refs = [getattr(a, method).remote(w, *args, **kwargs) for a, w in zip(self.actors, works)]
         try:
-            return wait_all(refs, timeout_s=self.cfg.learner.step_timeout_s, what=what, names=self.names)
+            return wait_all(refs, timeout_s=self.cfg.learner.step_timeout_s, what=what, actors=self.ids)
         except ActorDiedError as exc:
             if not exc.killed_for_memory:
                 raise
             raise ActorDiedError(
-                f"{exc}. {memory_advice(self.cfg)}", dead=exc.dead, killed_for_memory=exc.killed_for_memory
+                f"{exc}. {memory_advice(self.cfg)}", actors=exc.actors, killed_for_memory=exc.killed_for_memory
             ) from exc
 
     # ----------------------------------------------------------------------------------------------- steps

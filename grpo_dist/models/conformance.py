@@ -26,86 +26,31 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grpo_dist.models.conformance_results import (
+    LEARNING_RATE,
+    NUM_STEPS,
+    PROBE_LENGTH,
+    PROBE_SEQUENCES,
+    FamilyResult,
+    make_record,
+    markdown_table,
+    max_abs_diff,
+    update_readme,
+)
+
 logger = logging.getLogger(__name__)
 
-TOLERANCE = 1e-4
-SCHEMA = "grpo-dist-conformance/1"
-TABLE_START = "<!-- conformance:start -->"
-TABLE_END = "<!-- conformance:end -->"
-NUM_STEPS = 2
-PROBE_SEQUENCES = 3
-PROBE_LENGTH = 40  # longer than the zoo's sliding windows (16), so windowed attention is exercised
+RAY_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, TimeoutError)
 NUM_PROMPTS = 2
 PROMPT_LENGTH = 8
 RESPONSE_LENGTH = 8
-LEARNING_RATE = 1e-3
-RAY_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, TimeoutError)
-
-
-@dataclass
-class FamilyResult:
-    """One row of the matrix: every figure is a max abs difference (None where the stage did not run)."""
-
-    family: str
-    architecture: str
-    tied: bool
-    features: str
-    expected_reason: str | None  # what ``support.unsupported_reason`` says of the model (None: should conform)
-    parity_before: float | None = None
-    parity_after: float | None = None
-    weight_delta: float | None = None
-    logprob_shift: float | None = None
-    hf_reload: float | None = None
-    vllm_reload: float | None = None
-    errors: dict[str, str] = field(default_factory=dict)  # stage -> what went wrong
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def sync_ok(self) -> bool:
-        return _below(self.parity_before) and _below(self.parity_after) and "sync" not in self.errors
-
-    @property
-    def export_ok(self) -> bool:
-        return _below(self.hf_reload) and _below(self.vllm_reload)
-
-    @property
-    def moved(self) -> bool:
-        """The updates changed the model enough that a stale engine would show (a check of the check)."""
-        return self.logprob_shift is not None and self.logprob_shift > 100 * TOLERANCE
-
-    @property
-    def ok(self) -> bool:
-        return self.sync_ok and self.export_ok and self.moved and not self.errors
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "sync_ok": self.sync_ok, "export_ok": self.export_ok, "ok": self.ok}
-
-
-def _below(value: float | None) -> bool:
-    return value is not None and math.isfinite(value) and value < TOLERANCE
-
-
-def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
-    """Max |a - b| over ragged sequences of equal shape (NaN anywhere gives NaN)."""
-    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
-        raise ValueError("logprob lists of different shapes")
-    worst = 0.0
-    for x, y in zip(a, b):
-        for u, v in zip(x, y):
-            d = abs(u - v)
-            if not d <= worst:  # also catches NaN
-                worst = d
-    return worst
 
 
 def probe_sequences(vocab_size: int, seed: int) -> list[list[int]]:
@@ -410,91 +355,6 @@ def run_matrix(
         stack.callback(scorer.shutdown)
         with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="conformance") as pool:
             return list(pool.map(lambda name: check_family(name, work_dir, seed=seed, export_scorer=scorer), names))
-
-
-# ------------------------------------------------------------------------------------------------ reporting
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1e}"
-
-
-def _mark(ok: bool) -> str:
-    return "✓" if ok else "✗"
-
-
-def note_of(r: FamilyResult) -> str:
-    """The table's note: what failed, and the known cause when the support check names one."""
-    if r.ok:
-        return r.features
-    parts = []
-    if r.expected_reason:
-        parts.append(f"refused: {r.expected_reason.split(':')[0]}")
-    parts += [f"{stage}: {msg.split(':')[0]}" for stage, msg in r.errors.items()]
-    if not parts:
-        parts.append("differences above tolerance")
-    return "; ".join(parts)
-
-
-def markdown_table(results: Sequence[FamilyResult], *, when: str = "", machine: str = "") -> str:
-    lines = [
-        "| family | architecture | tied | sync ok | parity before | parity after 2 updates | max \\|Δw\\| "
-        "| HF export: transformers / vLLM | notes |",
-        "|---|---|---|---|---:|---:|---:|---|---|",
-    ]
-    for r in results:
-        export = f"{_mark(r.export_ok)} {_fmt(r.hf_reload)} / {_fmt(r.vllm_reload)}"
-        lines.append(
-            f"| {r.family} | {r.architecture} | {'yes' if r.tied else 'no'} | {_mark(r.sync_ok)} "
-            f"| {_fmt(r.parity_before)} | {_fmt(r.parity_after)} | {_fmt(r.weight_delta)} | {export} | {note_of(r)} |"
-        )
-    lines += [
-        "",
-        f"Max abs logprob differences in fp32 on a fixed probe ({PROBE_SEQUENCES} x {PROBE_LENGTH} random tokens), "
-        f"engine vs learner, tolerance {TOLERANCE:g}; two updates at lr {LEARNING_RATE:g} between the columns "
-        f"(1 engine, 1 ZeRO-2 rank, real actors). {machine}{', ' if machine and when else ''}{when}. "
-        "Generated by `python -m grpo_dist.models.conformance --write`; causes of each refusal: "
-        "`grpo_dist/models/support.py`.",
-    ]
-    refused = [r for r in results if r.expected_reason]
-    if refused:
-        lines += ["", "Refused up front (config validation), and why:", ""]
-        lines += [f"- **{r.family}**: {r.expected_reason}." for r in refused]
-    return "\n".join(lines) + "\n"
-
-
-def update_readme(text: str, table: str) -> str:
-    block = f"{TABLE_START}\n{table.rstrip()}\n{TABLE_END}"
-    start, end = text.find(TABLE_START), text.find(TABLE_END)
-    if start == -1 or end == -1 or end < start:
-        raise ValueError(f"README has no {TABLE_START} ... {TABLE_END} block")
-    return text[:start] + block + text[end + len(TABLE_END) :]
-
-
-def make_record(results: Sequence[FamilyResult], *, wall_s: float) -> dict[str, Any]:
-    from grpo_dist.bench import records
-
-    record = {
-        "schema": SCHEMA,
-        "time_utc": records.utc_now(),
-        "wall_s": round(wall_s, 1),
-        "git": records.git_state(),
-        "machine": records.machine_info(with_gpu=False),
-        "packages": records.package_versions(),
-        "load_average": records.load_average(),
-        "config": {
-            "tolerance": TOLERANCE,
-            "num_steps": NUM_STEPS,
-            "learning_rate": LEARNING_RATE,
-            "probe": [PROBE_SEQUENCES, PROBE_LENGTH],
-            "engines": 1,
-            "learner_ranks": 1,
-            "zero_stage": 2,
-            "dtype": "float32",
-        },
-        "families": [r.to_dict() for r in results],
-    }
-    return records.scrub_paths(record, records.default_replacements())
 
 
 def main(argv: list[str] | None = None) -> int:

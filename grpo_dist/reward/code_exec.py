@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grpo_dist.reward.sandbox import run_sandboxed
-
 __all__ = ["CodeCase", "code_exec", "extract_code", "parse_test_cases"]
 
 _FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)\b[^\n]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -87,6 +85,9 @@ def _normalise_output(text: str) -> list[str]:
 
 
 def _passes(code: str, case: CodeCase, timeout_s: float, memory_mb: int) -> bool:
+    # imported here: resolving this reward to check a config (``grpo-dist validate``) needs no sandbox
+    from grpo_dist.reward.sandbox import run_sandboxed
+
     cpu_time_s = max(1, math.ceil(timeout_s))
     if case.tests is None:
         result = run_sandboxed(code, stdin=case.stdin, timeout_s=timeout_s, cpu_time_s=cpu_time_s, memory_mb=memory_mb)

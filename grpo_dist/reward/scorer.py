@@ -45,7 +45,7 @@ from grpo_dist.reward.builtins import FunctionSpec
 from grpo_dist.types import RewardFailure, RolloutGroup, ScoredGroup
 
 if TYPE_CHECKING:
-    from grpo_dist.config import RewardFunctionConfig
+    from grpo_dist.config import RewardConfig
 
 __all__ = ["FAILURE_POLICIES", "RewardFunctionError", "RewardScorer"]
 
@@ -192,7 +192,7 @@ class _Child:
 class RewardScorer:
     """Scores rollout groups with weighted reward functions run in a child process (see module docstring).
 
-    ``functions`` are ``reward.functions`` entries; ``failure_policy`` is ``reward.failure_policy``;
+    ``config`` is the validated ``reward`` section (its ``functions`` and ``failure_policy``);
     ``max_response_length`` (``data.max_response_length``) fills the context parameter of that name.
     ``extra_sys_path`` is put at the front of the child's ``sys.path`` so that ``my_pkg.rewards:score`` can be
     imported where the driver's working directory is not on the path (inside Ray actors).
@@ -204,29 +204,14 @@ class RewardScorer:
 
     def __init__(
         self,
-        functions: Sequence[RewardFunctionConfig],
+        config: RewardConfig,
         *,
-        failure_policy: str,
         max_response_length: int,
         extra_sys_path: Sequence[str] = (),
         startup_timeout_s: float = 120.0,
     ) -> None:
-        if not functions:
-            raise ValueError("reward.functions is empty: at least one reward function is needed")
-        names = [f.name for f in functions]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"reward.functions: duplicate names {dupes} (names key the per-component rewards)")
-        if failure_policy not in FAILURE_POLICIES:
-            raise ValueError(f"reward.failure_policy = {failure_policy!r}: expected one of {list(FAILURE_POLICIES)}")
-        if isinstance(max_response_length, bool) or not isinstance(max_response_length, int) or max_response_length < 1:
-            raise ValueError(f"data.max_response_length = {max_response_length!r}: expected a positive integer")
-        for i, f in enumerate(functions):
-            if not (math.isfinite(f.weight) and f.timeout_s > 0 and math.isfinite(f.timeout_s)):
-                raise ValueError(
-                    f"reward.functions[{i}]: weight = {f.weight!r} must be finite and timeout_s = {f.timeout_s!r} "
-                    "a positive finite number of seconds"
-                )
+        # ``config`` is a validated section (finite weights, positive deadlines, distinct names): not re-checked
+        functions, failure_policy = config.functions, config.failure_policy
         self.failure_policy = failure_policy
         self.max_response_length = max_response_length
         self._functions = [

@@ -17,16 +17,18 @@ from typing import Any
 from grpo_dist import cluster
 from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
+from grpo_dist.faults import ActorFault, ActorId
 from grpo_dist.placement import RolePlacement
 from grpo_dist.rollout.engine import SamplingSpec, create_engine_actor, engine_env
 from grpo_dist.rollout.seeds import occurrences
+from grpo_dist.supervisor import ActorSlots
 from grpo_dist.types import Prompt, RolloutGroup
 
 logger = logging.getLogger(__name__)
 
 
-class EngineError(RuntimeError):
-    """An engine failed or missed its deadline; the message names it."""
+class EngineError(ActorFault):
+    """An engine failed, missed its deadline or spent its restart budget; names it (role ``rollout``)."""
 
 
 def balance(costs: list[int], num_bins: int) -> list[list[int]]:
@@ -64,7 +66,7 @@ class EnginePool:
         self._device = device
         self._engine_kwargs: dict[str, Any] = {
             "model_path": model_path,
-            "dtype": _engine_dtype(cfg.model.dtype, device),
+            "dtype": engine_dtype(cfg.model.dtype, device),
             "device": device,
             "max_model_len": max_model_len,
             "seed": cfg.trainer.seed,
@@ -75,9 +77,15 @@ class EnginePool:
             "initial_version": initial_version,
         }
         # slot i is bundle i of the placement group; a restarted engine takes its predecessor's slot
-        self.slots = list(range(r.num_engines))
-        self.actors = [self._start(i) for i in self.slots]
-        self.restarts = dict.fromkeys(self.slots, 0)
+        self.supervisor = ActorSlots(
+            "rollout",
+            label="engine",
+            count=r.num_engines,
+            start=self._start,
+            max_restarts=r.max_engine_restarts,
+            budget="slot",
+            budget_field="rollout.max_engine_restarts",
+        )
         self.fault_stats = {"engines_restarted": 0, "engines_removed": 0, "chunks_resubmitted": 0}
 
     def _start(self, slot: int) -> Any:
@@ -91,12 +99,21 @@ class EnginePool:
         )
 
     @property
+    def actors(self) -> list[Any]:
+        """The live engine actors, by position (``WeightSync`` addresses them this way)."""
+        return self.supervisor.actors
+
+    @property
+    def ids(self) -> list[ActorId]:
+        return self.supervisor.ids
+
+    @property
     def names(self) -> list[str]:
-        return [f"engine {s}" for s in self.slots]
+        return self.supervisor.names
 
     @property
     def num_engines(self) -> int:
-        return len(self.actors)
+        return len(self.supervisor)
 
     @property
     def dtype(self) -> str:
@@ -108,40 +125,28 @@ class EnginePool:
 
     def call_all(self, method: str, *args: Any, timeout_s: float, what: str, **kwargs: Any) -> list[Any]:
         refs = [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
-        return wait_all(refs, timeout_s=timeout_s, what=what, names=self.names)
+        return wait_all(refs, timeout_s=timeout_s, what=what, actors=self.ids)
 
     def replace_failed(self, position: int, *, step: int, reason: str) -> None:
         """An engine died: restart it in its slot (``rollout.on_engine_failure: restart``, within
-        ``rollout.max_engine_restarts``) or drop it from the pool (``shrink``). The caller must then bring
-        the engines' weights back to the current version before using them."""
-        import ray
-
-        r = self.cfg.rollout
-        slot, name = self.slots[position], self.names[position]
-        ray.kill(self.actors[position], no_restart=True)
-        if r.on_engine_failure == "shrink":
-            if self.num_engines == 1:
-                raise EngineError(f"step {step}: {name} {reason} and it was the last engine")
-            logger.warning("step %d: %s %s; continuing with %d engines", step, name, reason, self.num_engines - 1)
-            del self.actors[position], self.slots[position]
-            self.fault_stats["engines_removed"] += 1
-            return
-        if self.restarts[slot] >= r.max_engine_restarts:
-            raise EngineError(
-                f"step {step}: {name} {reason} and has used its restart budget "
-                f"(rollout.max_engine_restarts = {r.max_engine_restarts})"
-            )
-        self.restarts[slot] += 1
+        ``rollout.max_engine_restarts``) or drop it from the pool (``shrink``); ``EngineError`` when neither
+        is possible. The caller must then bring the engines' weights back to the current version."""
+        context = f"step {step}: "
+        try:
+            if self.cfg.rollout.on_engine_failure == "shrink":
+                self.supervisor.remove(position, why=reason, context=context)
+                self.fault_stats["engines_removed"] += 1
+                return
+            actor = self.supervisor.replace(position, why=reason, context=context)
+        except ActorFault as exc:
+            raise EngineError(str(exc), actors=exc.actors) from None
         self.fault_stats["engines_restarted"] += 1
-        logger.warning(
-            "step %d: %s %s; restarting it (%d/%d)", step, name, reason, self.restarts[slot], r.max_engine_restarts
-        )
-        self.actors[position] = self._start(slot)
+        actor_id = self.supervisor.actor_id(position)
         wait_all(
-            [self.actors[position].info.remote()],
-            timeout_s=r.request_timeout_s,
-            what=f"restart of {name}",
-            names=[name],
+            [actor.info.remote()],
+            timeout_s=self.cfg.rollout.request_timeout_s,
+            what=f"restart of {actor_id}",
+            actors=[actor_id],
         )
 
     def generate(
@@ -188,12 +193,13 @@ class EnginePool:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                late = sorted({self._name_of(a) for a, _ in pending.values()})
+                late = {self._id_of(a) for a, _ in pending.values()}
                 for ref in pending:
                     ray.cancel(ref)
                 raise EngineError(
                     f"rollout of step {step}: no result within {self.cfg.rollout.request_timeout_s:g} s from "
-                    f"{', '.join(late)}"
+                    f"{', '.join(sorted(a.name for a in late))}",
+                    actors=sorted(late, key=lambda a: a.name),
                 )
             ref = ready[0]
             actor, part = pending.pop(ref)
@@ -203,28 +209,29 @@ class EnginePool:
                 lost = part + [i for a, p in list(pending.values()) if a is actor for i in p]
                 for other in [r for r, (a, _) in pending.items() if a is actor]:
                     del pending[other]
-                self.replace_failed(self.actors.index(actor), step=step, reason="died during the rollout")
+                self.replace_failed(self.supervisor.position_of(actor), step=step, reason="died during the rollout")
                 if recover is not None:
                     recover()
                 self.fault_stats["chunks_resubmitted"] += 1
                 submit(sorted(lost))
                 continue
             except ray.exceptions.RayTaskError as exc:
-                raise EngineError(f"rollout of step {step}: {self._name_of(actor)} failed: {exc}") from exc
+                actor_id = self._id_of(actor)
+                raise EngineError(f"rollout of step {step}: {actor_id} failed: {exc}", actors=[actor_id]) from exc
             yield groups
 
-    def _name_of(self, actor: Any) -> str:
-        return self.names[self.actors.index(actor)] if actor in self.actors else "a replaced engine"
+    def _id_of(self, actor: Any) -> ActorId:
+        position = self.supervisor.position_of(actor)
+        return self.supervisor.actor_id(position) if position is not None else ActorId("rollout", "a replaced engine")
 
     def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
+        self.supervisor.kill_all()
         self.placement.remove()
 
 
-def _engine_dtype(name: str, device: str) -> str:
+def engine_dtype(name: str, device: str) -> str:
+    """The torch dtype name engines compute in for ``model.dtype = name`` on ``device`` (``auto``: bfloat16
+    on GPUs, float32 on CPUs)."""
     if name == "auto":
         return "bfloat16" if device == "cuda" else "float32"
     return name

@@ -19,6 +19,7 @@ from typing import Any
 
 from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
+from grpo_dist.faults import ActorFault
 from grpo_dist.learner.group import LearnerGroup
 from grpo_dist.rollout.pool import EnginePool
 from grpo_dist.sync.probe import ProbeDiff, compare, default_tolerance
@@ -26,8 +27,9 @@ from grpo_dist.sync.probe import ProbeDiff, compare, default_tolerance
 logger = logging.getLogger(__name__)
 
 
-class WeightSyncError(RuntimeError):
-    pass
+class WeightSyncError(ActorFault):
+    """A sync failed or an engine does not compute with the weights it was sent; names the engines at fault
+    (all of them when none can be singled out)."""
 
 
 class WeightSync:
@@ -68,8 +70,7 @@ class WeightSync:
         refs += [
             e.init_weight_sync.remote(plan=self.plan, rank=1 + i, **common) for i, e in enumerate(self.engines.actors)
         ]
-        names = self.learners.names + self.engines.names
-        wait_all(refs, timeout_s=timeout, what="weight-sync group set-up", names=names)
+        wait_all(refs, timeout_s=timeout, what="weight-sync group set-up", actors=self.learners.ids + self.engines.ids)
 
     def sync(self, version: int) -> dict[str, float]:
         """Publish the learner's current weights as ``version``; returns timing metrics."""
@@ -80,7 +81,7 @@ class WeightSync:
         start = time.perf_counter()
         deadline = start + timeout
         what = f"weight sync to version {version}"
-        names = self.learners.names + self.engines.names
+        actors = self.learners.ids + self.engines.ids
         probing = self.probe is not None and self.num_syncs % self.cfg.sync.probe_every == 0
         self.num_syncs += 1
         learner_probe: list[Any] | None = None
@@ -90,27 +91,28 @@ class WeightSync:
                 learner_probe = self.learners.sequence_token_logprobs_refs(self.probe)
             if self.transport == "broadcast":
                 receive = [e.receive_weights.remote(version, None, verify) for e in self.engines.actors]
-                results = wait_all(publish + receive, timeout_s=timeout, what=what, names=names)
+                results = wait_all(publish + receive, timeout_s=timeout, what=what, actors=actors)
                 sent = results[0][0]
                 received = results[len(self.learners.actors) :]
             else:
-                published = wait_all(publish, timeout_s=timeout, what=what, names=self.learners.names)
+                published = wait_all(publish, timeout_s=timeout, what=what, actors=self.learners.ids)
                 sent, handle = published[0]
                 receive = [e.receive_weights.remote(version, handle, verify) for e in self.engines.actors]
                 received = wait_all(
-                    receive, timeout_s=max(1.0, deadline - time.perf_counter()), what=what, names=self.engines.names
+                    receive, timeout_s=max(1.0, deadline - time.perf_counter()), what=what, actors=self.engines.ids
                 )
         except TimeoutError as exc:
-            raise WeightSyncError(f"{exc}{self._unresponsive_note()}") from None
+            raise self._stalled(str(exc)) from None
         except ray.exceptions.RayTaskError as exc:  # e.g. the learner's broadcast lost a peer that died
-            raise WeightSyncError(f"{what}: {exc}{self._unresponsive_note()}") from exc
+            raise self._stalled(f"{what}: {exc}") from exc
         if verify:
-            for name, sums in zip(self.engines.names, received):
+            for engine, sums in zip(self.engines.ids, received):
                 if sums != sent:
                     bad = [i for i, (a, b) in enumerate(zip(sums, sent)) if a != b]
                     raise WeightSyncError(
-                        f"{what}: {name} received buckets {bad or 'of a different count'} whose checksums differ "
-                        f"from the learner's; its weights are not the learner's"
+                        f"{what}: {engine} received buckets {bad or 'of a different count'} whose checksums differ "
+                        f"from the learner's; its weights are not the learner's",
+                        actors=[engine],
                     )
         seconds = time.perf_counter() - start
         out = {
@@ -137,28 +139,33 @@ class WeightSync:
         refs = [e.sequence_token_logprobs.remote(self.probe) for e in self.engines.actors]
         try:
             scored = wait_all(
-                learner_refs + refs, timeout_s=timeout, what=what, names=self.learners.names + self.engines.names
+                learner_refs + refs, timeout_s=timeout, what=what, actors=self.learners.ids + self.engines.ids
             )
         except TimeoutError as exc:
-            raise WeightSyncError(f"{exc}{self._unresponsive_note()}") from None
+            raise self._stalled(str(exc)) from None
         learner, scored = scored[0], scored[len(learner_refs) :]
         worst: ProbeDiff | None = None
-        for name, engine in zip(self.engines.names, scored):
-            diff = compare(self.probe, engine, learner)
+        for engine, logprobs in zip(self.engines.ids, scored):
+            diff = compare(self.probe, logprobs, learner)
             if not diff.max_abs <= self.tolerance:
                 raise WeightSyncError(
-                    f"weight sync to version {version}: {name} does not compute with the learner's weights: "
-                    f"{diff.describe()}, above the tolerance {self.tolerance:g} (sync.probe_tolerance)"
+                    f"weight sync to version {version}: {engine} does not compute with the learner's weights: "
+                    f"{diff.describe()}, above the tolerance {self.tolerance:g} (sync.probe_tolerance)",
+                    actors=[engine],
                 )
             worst = diff if worst is None or diff.max_abs > worst.max_abs else worst
         assert worst is not None
         return worst
 
-    def _unresponsive_note(self) -> str:
-        """Which engines do not even answer a ping (stalled or dead), to point at the culprit."""
+    def _stalled(self, message: str) -> WeightSyncError:
+        """The error for a sync that did not finish: it names the engines that do not even answer a ping
+        (stalled or dead), or, when every engine answers, all the sync's actors."""
         import ray
 
         pings = [e.info.remote() for e in self.engines.actors]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=2.0)
-        silent = [n for n, p in zip(self.engines.names, pings) if p not in ready]
-        return f"; not responding at all: {', '.join(silent)}" if silent else ""
+        silent = [a for a, p in zip(self.engines.ids, pings) if p not in ready]
+        if silent:
+            note = f"; not responding at all: {', '.join(a.name for a in silent)}"
+            return WeightSyncError(message + note, actors=silent)
+        return WeightSyncError(message, actors=self.learners.ids + self.engines.ids)

@@ -14,11 +14,11 @@ from tests.records import write_record
 pytestmark = pytest.mark.slow
 
 
-def _trainer(tiny_assets: dict[str, str], tmp_path: Path, *extra: str):  # -> Trainer
+def _trainer(tiny_assets: dict[str, str], tmp_path: Path, *extra: str):  # -> Controller
     from grpo_dist.config import load_config
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
-    return Trainer(load_config(TINY_CONFIG, [*tiny_overrides(tiny_assets, tmp_path), *extra]))
+    return Controller(load_config(TINY_CONFIG, [*tiny_overrides(tiny_assets, tmp_path), *extra]))
 
 
 def test_too_many_cpus_and_gpus_refused_before_any_placement_group(
@@ -34,11 +34,11 @@ def test_too_many_cpus_and_gpus_refused_before_any_placement_group(
     }
     refused = 0
     for name, (overrides, pattern) in cases.items():
-        trainer = _trainer(tiny_assets, tmp_path / name, *overrides)
+        controller = _trainer(tiny_assets, tmp_path / name, *overrides)
         start = time.monotonic()
         with pytest.raises(ValueError, match=pattern):
-            trainer.start()
-        trainer.shutdown()
+            controller.start()
+        controller.shutdown()
         assert time.monotonic() - start < 60
         refused += 1
     assert len(placement_group_table()) == before  # refused before any placement group
@@ -47,7 +47,7 @@ def test_too_many_cpus_and_gpus_refused_before_any_placement_group(
 
 
 def test_unplaceable_placement_group_times_out_with_a_clear_error(local_ray: None) -> None:
-    from grpo_dist.cluster import placement_group
+    from grpo_dist.placement import placement_group
 
     start = time.monotonic()
     with pytest.raises(

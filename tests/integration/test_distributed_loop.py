@@ -45,7 +45,7 @@ def trained(
     request: pytest.FixtureRequest, local_ray: None, tiny_assets: dict[str, str], tmp_path_factory
 ) -> Iterator[Any]:
     from grpo_dist.config import load_config
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
     run_dir = tmp_path_factory.mktemp(f"run-{request.param}")
     cfg = load_config(
@@ -63,11 +63,11 @@ def trained(
             " {name: digits, path: 'tests.integration.reward_fns:digit_fraction', weight: 0.5}]",
         ],
     )
-    trainer = Trainer(cfg)
-    trainer.start()
-    trainer.history = trainer.run()
-    yield trainer
-    trainer.shutdown()
+    controller = Controller(cfg)
+    controller.start()
+    controller.history = controller.run()
+    yield controller
+    controller.shutdown()
 
 
 def _rollouts(run_dir: Path, step: int) -> list[dict[str, Any]]:
@@ -121,7 +121,7 @@ def test_engines_hold_the_learners_weights_after_sync(trained: Any) -> None:
     from transformers import AutoModelForCausalLM
 
     rows = _rollouts(trained.run_dir, NUM_STEPS)
-    tok = trained.tokenizer
+    tok = trained.inputs.tokenizer
     seqs = [tok(r["prompt"] + r["completion"], add_special_tokens=False).input_ids for r in rows[:8]]
     seqs = [[tok.bos_token_id, *s] for s in seqs]
     learner = trained.learners.sequence_token_logprobs(seqs)
@@ -130,7 +130,7 @@ def test_engines_hold_the_learners_weights_after_sync(trained: Any) -> None:
         diff = max(abs(a - b) for s1, s2 in zip(learner, engine) for a, b in zip(s1, s2))
         assert diff < 1e-4, diff
     # and the weights did move: the initial model scores the same tokens differently
-    initial = AutoModelForCausalLM.from_pretrained(trained.model_path, dtype=torch.float32)
+    initial = AutoModelForCausalLM.from_pretrained(trained.inputs.model_path, dtype=torch.float32)
     with torch.no_grad():
         ids = torch.tensor(seqs[0])[None]
         lp = torch.log_softmax(initial(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]

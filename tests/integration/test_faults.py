@@ -66,7 +66,7 @@ def _stable(record: dict[str, Any]) -> dict[str, Any]:
 def test_engine_killed_mid_step_is_replaced(local_ray: None, tiny_assets: dict[str, str], tmp_path: Path) -> None:
     """The engine is restarted in its slot (``restart``) or dropped (``shrink``); either way the step's
     groups are those of a fault-free run, token for token, because seeds do not depend on the engine."""
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
     policies = {
         "reference": [],
@@ -76,15 +76,15 @@ def test_engine_killed_mid_step_is_replaced(local_ray: None, tiny_assets: dict[s
     records, stats = {}, {}
     for name, extra in policies.items():
         trigger = tmp_path / f"{name}.trigger"
-        trainer = Trainer(_cfg(tiny_assets, tmp_path / name, trigger, "trainer.total_steps=2", *extra))
+        controller = Controller(_cfg(tiny_assets, tmp_path / name, trigger, "trainer.total_steps=2", *extra))
         try:
-            trainer.start()
+            controller.start()
             if name != "reference":
-                trigger.write_text(str(_pid(trainer.engines.actors[1])))
-            records[name] = [trainer.train_step(1), trainer.train_step(2)]
-            stats[name] = dict(trainer.engines.fault_stats, num_engines=trainer.engines.num_engines)
+                trigger.write_text(str(_pid(controller.engines.actors[1])))
+            records[name] = [controller.train_step(1), controller.train_step(2)]
+            stats[name] = dict(controller.engines.fault_stats, num_engines=controller.engines.num_engines)
         finally:
-            trainer.shutdown()
+            controller.shutdown()
     assert stats["restart"]["engines_restarted"] == 1
     assert stats["restart"]["num_engines"] == 2
     assert stats["shrink"]["engines_removed"] == 1
@@ -126,10 +126,11 @@ def test_engine_past_its_restart_budget_stops_the_run(
     local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
     from grpo_dist.checkpoint import CheckpointManager
-    from grpo_dist.controller import Trainer, TrainingAborted
+    from grpo_dist.controller import Controller
+    from grpo_dist.faults import TrainingAborted
 
     trigger = tmp_path / "run.trigger"
-    trainer = Trainer(
+    controller = Controller(
         _cfg(
             tiny_assets,
             tmp_path / "run",
@@ -140,16 +141,16 @@ def test_engine_past_its_restart_budget_stops_the_run(
         )
     )
     try:
-        trainer.start()
-        trigger.write_text(str(_pid(trainer.engines.actors[1])))
+        controller.start()
+        trigger.write_text(str(_pid(controller.engines.actors[1])))
         with pytest.raises(
             TrainingAborted,
-            match=r"step 2: engine 1 died during the rollout and has used its"
-            r" restart budget",
+            match=r"step 2: engine 1 died during the rollout; not replaced: its restart budget is spent"
+            r" \(rollout\.max_engine_restarts = 0, 0 used\)",
         ) as info:
-            trainer.run()
+            controller.run()
     finally:
-        trainer.shutdown()
+        controller.shutdown()
     assert "step_000001: continue with trainer.resume=auto" in str(info.value)
     mgr = CheckpointManager(tmp_path / "run" / "checkpoints")
     assert mgr.resolve("auto") == tmp_path / "run" / "checkpoints" / "step_000001"
@@ -166,8 +167,51 @@ def test_engine_past_its_restart_budget_stops_the_run(
     )
 
 
+def test_reward_worker_past_the_restart_budget_stops_the_run_resumably(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
+) -> None:
+    """A reward worker that dies with its role's restart budget spent ends the run like every other fault: a
+    checkpoint of the last trained step, and a message naming the worker, the budget and how to resume."""
+    from grpo_dist.checkpoint import CheckpointManager
+    from grpo_dist.controller import Controller
+    from grpo_dist.faults import ActorFault, TrainingAborted
+
+    trigger = tmp_path / "run.trigger"
+    controller = Controller(
+        _cfg(
+            tiny_assets,
+            tmp_path / "run",
+            trigger,
+            "trainer.total_steps=3",
+            "reward.num_workers=1",
+            "reward.max_worker_restarts=0",
+            after_calls=EVAL_CALLS + SAMPLES_PER_STEP,
+        )
+    )
+    try:
+        controller.start()
+        trigger.write_text(str(controller.rewards.worker_pids[0]))
+        with pytest.raises(
+            TrainingAborted,
+            match=r"step 2: reward worker 0 \(pid \d+\) died .*not replaced: the reward role's restart budget is"
+            r" spent \(reward\.max_worker_restarts = 0, 0 used\)",
+        ) as info:
+            controller.run()
+    finally:
+        controller.shutdown()
+    assert isinstance(info.value.__cause__, ActorFault)
+    assert [(a.role, a.name) for a in info.value.__cause__.actors] == [("reward", "reward worker 0")]
+    assert "step_000001: continue with trainer.resume=auto" in str(info.value)
+    assert CheckpointManager(tmp_path / "run" / "checkpoints").resolve("auto") == (
+        tmp_path / "run" / "checkpoints" / "step_000001"
+    )
+    free, total = _wait_all_cpus_free()
+    assert free == total, f"{total - free} CPUs still held after the run stopped"
+
+
 def test_learner_rank_killed_then_resume(local_ray: None, tiny_assets: dict[str, str], tmp_path: Path) -> None:
-    from grpo_dist.controller import Trainer, TrainingAborted
+    from grpo_dist.controller import Controller
+    from grpo_dist.faults import TrainingAborted
     from grpo_dist.metrics import read_metrics
 
     trigger = tmp_path / "run.trigger"
@@ -179,19 +223,19 @@ def test_learner_rank_killed_then_resume(local_ray: None, tiny_assets: dict[str,
         "trainer.save_every=1",
         after_calls=EVAL_CALLS + SAMPLES_PER_STEP,
     )
-    trainer = Trainer(cfg)
+    controller = Controller(cfg)
     try:
-        trainer.start()
-        trigger.write_text(str(_pid(trainer.learners.actors[1])))
+        controller.start()
+        trigger.write_text(str(_pid(controller.learners.actors[1])))
         with pytest.raises(TrainingAborted, match=r"step 2: learner rank 1 died; ZeRO state cannot be rebuilt") as info:
-            trainer.run()
+            controller.run()
     finally:
-        trainer.shutdown()
+        controller.shutdown()
     assert "step_000001: continue with trainer.resume=auto" in str(info.value)
     free, total = _wait_all_cpus_free()
     assert free == total
 
-    resumed = Trainer(
+    resumed = Controller(
         _cfg(
             tiny_assets,
             tmp_path / "run",
@@ -203,7 +247,7 @@ def test_learner_rank_killed_then_resume(local_ray: None, tiny_assets: dict[str,
     )
     try:
         resumed.start()
-        assert resumed.start_step == 2
+        assert resumed.state.next_step == 2
         resumed.run()
     finally:
         resumed.shutdown()

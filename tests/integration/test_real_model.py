@@ -104,7 +104,7 @@ def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_pa
     from transformers import AutoModelForCausalLM
 
     from grpo_dist.config import load_config
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
     from grpo_dist.metrics import read_metrics
     from grpo_dist.tasks.arithmetic import NAMED_TASKS, write_splits
 
@@ -130,16 +130,16 @@ def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_pa
             "logging.progress=off",
         ],
     )
-    with Trainer(cfg) as trainer:
-        trainer.start()
-        trainer.run()
+    with Controller(cfg) as controller:
+        controller.start()
+        controller.run()
         steps = [m for m in read_metrics(run_dir) if "learner/loss" in m]
         assert len(steps) == 2 and not any(k.startswith("eval/") for m in read_metrics(run_dir) for k in m)
         assert all(m["sync/probe_max_diff"] < 1e-4 for m in steps)
         assert all("rollout_corr/logp_diff_max" in m for m in steps)
-        seqs = [list(p.token_ids) for p in trainer.train_prompts[:4]]
-        learner = trainer.learners.sequence_token_logprobs(seqs)
-        for actor in trainer.engines.actors:
+        seqs = [list(p.token_ids) for p in controller.inputs.train_prompts[:4]]
+        learner = controller.learners.sequence_token_logprobs(seqs)
+        for actor in controller.engines.actors:
             engine = ray.get(actor.sequence_token_logprobs.remote(seqs), timeout=120)
             diff = max(abs(a - b) for s1, s2 in zip(learner, engine) for a, b in zip(s1, s2))
             assert diff < 1e-4, diff

@@ -41,14 +41,14 @@ def _overrides(tiny_assets: dict[str, str], data: Path, run_dir: Path) -> list[s
 
 def _train_in_process(config: Path, overrides: list[str]) -> None:
     from grpo_dist.config import load_config
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
 
-    trainer = Trainer(load_config(config, overrides))
+    controller = Controller(load_config(config, overrides))
     try:
-        trainer.start()
-        trainer.run()
+        controller.start()
+        controller.run()
     finally:
-        trainer.shutdown()
+        controller.shutdown()
 
 
 def _kill_run(proc: subprocess.Popen[bytes], marker: str) -> int:

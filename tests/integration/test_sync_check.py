@@ -56,15 +56,16 @@ def test_a_sync_that_leaves_a_layer_stale_stops_the_run_with_a_checkpoint(
 ) -> None:
     import ray
 
-    from grpo_dist.controller import Trainer, TrainingAborted
+    from grpo_dist.controller import Controller
+    from grpo_dist.faults import TrainingAborted
     from grpo_dist.metrics import read_metrics
 
     cfg = _config(tiny_assets, tmp_path)
-    with Trainer(cfg) as trainer:
-        trainer.start()  # the check before any update passes: both sides load the same model
-        ray.get(trainer.engines.actors[1].__ray_call__.remote(_drop_one_tensor, DROPPED), timeout=60)
+    with Controller(cfg) as controller:
+        controller.start()  # the check before any update passes: both sides load the same model
+        ray.get(controller.engines.actors[1].__ray_call__.remote(_drop_one_tensor, DROPPED), timeout=60)
         with pytest.raises(TrainingAborted) as info:
-            trainer.run()
+            controller.run()
     message = str(info.value)
     assert "engine 1 does not compute with the learner's weights" in message
     assert "probe sequence" in message and "sync.probe_tolerance" in message
@@ -78,15 +79,15 @@ def test_the_tolerance_decides_what_counts_as_broken(local_ray: None, tiny_asset
     difference the default tolerance would have stopped it for."""
     import ray
 
-    from grpo_dist.controller import Trainer
+    from grpo_dist.controller import Controller
     from grpo_dist.metrics import read_metrics
     from grpo_dist.sync.probe import default_tolerance
 
     cfg = _config(tiny_assets, tmp_path, "sync.probe_tolerance=100")
-    with Trainer(cfg) as trainer:
-        trainer.start()
-        ray.get(trainer.engines.actors[1].__ray_call__.remote(_drop_one_tensor, DROPPED), timeout=60)
-        trainer.run()
+    with Controller(cfg) as controller:
+        controller.start()
+        ray.get(controller.engines.actors[1].__ray_call__.remote(_drop_one_tensor, DROPPED), timeout=60)
+        controller.run()
     steps = [m for m in read_metrics(tmp_path) if "learner/loss" in m]
     assert len(steps) == 2
     assert max(m["sync/probe_max_diff"] for m in steps) > default_tolerance("float32")

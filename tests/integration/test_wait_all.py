@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from grpo_dist.cluster import ActorDiedError, wait_all
+from grpo_dist.cluster import wait_all
+from grpo_dist.faults import ActorDiedError, ActorId
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +33,14 @@ def test_a_death_outranks_the_errors_it_causes_and_the_peers_it_blocks(local_ray
 
     roles = ["broken pipe", "dies", "blocked"]
     actors = [Peer.remote() for _ in roles]
-    names = [f"rank {i}" for i in range(len(roles))]
+    names = [ActorId("learner", f"rank {i}") for i in range(len(roles))]
     try:
         t0 = time.monotonic()
         with pytest.raises(ActorDiedError, match=r"train step 1: rank 1 died: ") as info:
-            wait_all([a.run.remote(r) for a, r in zip(actors, roles)], timeout_s=120, what="train step 1", names=names)
+            wait_all([a.run.remote(r) for a, r in zip(actors, roles)], timeout_s=120, what="train step 1", actors=names)
         assert time.monotonic() - t0 < 60  # not the 120 s deadline: the death ended the wait
         assert info.value.dead == ["rank 1"]
+        assert info.value.roles == {"learner"}
         assert info.value.killed_for_memory == []
         assert "Connection closed" not in str(info.value)
     finally:
@@ -58,10 +60,10 @@ def test_a_plain_error_still_surfaces_and_results_come_in_order(local_ray: None)
             return x
 
     actors = [Echo.remote() for _ in range(3)]
-    names = ["a", "b", "c"]
+    names = [ActorId("rollout", n) for n in ("a", "b", "c")]
     refs = [a.run.remote(i, 0.1 * (3 - i)) for i, a in enumerate(actors)]  # the last finishes first
-    assert wait_all(refs, timeout_s=60, what="echo", names=names) == [0, 1, 2]
+    assert wait_all(refs, timeout_s=60, what="echo", actors=names) == [0, 1, 2]
     with pytest.raises(ValueError, match="bad input -1"):
-        wait_all([actors[0].run.remote(-1), actors[1].run.remote(1)], timeout_s=60, what="echo", names=names[:2])
+        wait_all([actors[0].run.remote(-1), actors[1].run.remote(1)], timeout_s=60, what="echo", actors=names[:2])
     with pytest.raises(TimeoutError, match=r"echo: no answer within 0.5 s from b"):
-        wait_all([actors[0].run.remote(2), actors[1].run.remote(0, 5.0)], timeout_s=0.5, what="echo", names=names[:2])
+        wait_all([actors[0].run.remote(2), actors[1].run.remote(0, 5.0)], timeout_s=0.5, what="echo", actors=names[:2])

@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from grpo_dist.models.conformance import (
+from grpo_dist.models.conformance import probe_sequences
+from grpo_dist.models.conformance_results import (
     TABLE_END,
     TABLE_START,
     FamilyResult,
     markdown_table,
     max_abs_diff,
-    probe_sequences,
     update_readme,
 )
 

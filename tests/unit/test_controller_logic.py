@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from grpo_dist.controller import TrainingAborted, _rollout_metrics, check_nonfinite
+from grpo_dist.controller import check_nonfinite
+from grpo_dist.faults import TrainingAborted
+from grpo_dist.scored_batch import rollout_metrics
 from grpo_dist.types import Completion, Prompt, RolloutGroup, ScoredGroup
 
 
@@ -32,7 +34,7 @@ def test_rollout_metrics_hand_values() -> None:
     ]
     rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float64)
     valid = torch.tensor([g.valid for g in groups])
-    m = _rollout_metrics(groups, valid, rewards, 8)
+    m = rollout_metrics(groups, valid, rewards)
     assert m["reward/mean"] == pytest.approx(5 / 7)
     assert m["reward/frac_zero_std"] == 0.5  # the second group's valid rewards are all 1
     assert m["response_length/mean"] == pytest.approx(20 / 8)

@@ -11,10 +11,11 @@ import torch
 
 from grpo_dist.algo.rollout_correction import FRAC_CLIPPED, IS_RATIO_MAX, LOGP_DIFF_MAX, LOGP_DIFF_MEAN
 from grpo_dist.config import Config, apply_overrides, parse_config
-from grpo_dist.controller import ScoredBatch, Trainer
+from grpo_dist.controller import prepare_train_batch
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.work import MicroBatching, split_step
 from grpo_dist.learner.worker import LearnerWorker
+from grpo_dist.scored_batch import ScoredBatch, score_batch
 from grpo_dist.types import Completion, Prompt, RolloutGroup, ScoredGroup
 from tests.unit.fake_engine import FakeEngine
 
@@ -146,10 +147,6 @@ class _FakeLearners:
         return torch.zeros_like(batch.engine_logprobs)
 
 
-class _Tokenizer:
-    pad_token_id = 0
-
-
 def _groups(rewards: list[list[float]]) -> list[ScoredGroup]:
     out = []
     for p, rs in enumerate(rewards):
@@ -159,34 +156,22 @@ def _groups(rewards: list[list[float]]) -> list[ScoredGroup]:
     return out
 
 
-def _trainer(*overrides: str) -> tuple[Trainer, _FakeLearners]:
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg = _cfg(*overrides)
-    trainer.tokenizer = _Tokenizer()
-    learners = _FakeLearners()
-    trainer.learners = learners
-    return trainer, learners
-
-
 def test_bypass_skips_the_old_logprob_pass() -> None:
     several_steps = ["learner.ppo_epochs=2", "algo.kl_coef=0"]
-    groups = _groups([[1.0, 0.0, 0.0, 1.0]] * 8)
-    trainer, learners = _trainer(*several_steps)
-    batch = trainer._train_batch(ScoredBatch(groups, torch.zeros(8, 4), {}))
+    scored = ScoredBatch(_groups([[1.0, 0.0, 0.0, 1.0]] * 8), torch.zeros(8, 4), {})
+    learners = _FakeLearners()
+    batch = prepare_train_batch(scored, _cfg(*several_steps), learners, pad_token_id=0)
     assert learners.calls == [False] and batch.old_logprobs is not None  # recomputed
-    trainer, learners = _trainer(
-        *several_steps, "algo.rollout_correction.bypass=true", "algo.rollout_correction.mode=none"
-    )
-    batch = trainer._train_batch(ScoredBatch(groups, torch.zeros(8, 4), {}))
+    learners = _FakeLearners()
+    bypass = _cfg(*several_steps, "algo.rollout_correction.bypass=true", "algo.rollout_correction.mode=none")
+    batch = prepare_train_batch(scored, bypass, learners, pad_token_id=0)
     assert learners.calls == [] and batch.old_logprobs is None
 
 
 def test_std_correction_reaches_the_advantages() -> None:
     groups = _groups([[1.0, 0.0, 0.0, 0.0]] * 2)
-    trainer, _ = _trainer()
-    ddof0 = trainer._advantages(groups).advantages
-    trainer, _ = _trainer("algo.std_correction=1")
-    ddof1 = trainer._advantages(groups).advantages
+    ddof0 = score_batch(groups, _cfg().algo).advantages
+    ddof1 = score_batch(groups, _cfg("algo.std_correction=1").algo).advantages
     torch.testing.assert_close(ddof1, ddof0 * math.sqrt(3 / 4), rtol=1e-5, atol=1e-6)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_dist.config import RewardFunctionConfig
+from grpo_dist.config import RewardConfig, RewardFunctionConfig
 from grpo_dist.reward import RewardScorer, sandbox
 from grpo_dist.reward.builtins import BUILTINS, FunctionSpec, resolve
 from grpo_dist.reward.code_exec import code_exec, extract_code, parse_test_cases
@@ -602,7 +602,7 @@ def test_code_exec_through_the_reward_scorer() -> None:
         engine_index=0,
     )
     config = RewardFunctionConfig(name="code_exec", timeout_s=10.0, kwargs={"timeout_s": 0.5, "memory_mb": 256})
-    with RewardScorer([config], failure_policy="fail", max_response_length=64) as scorer:
+    with RewardScorer(RewardConfig(functions=[config], failure_policy="fail"), max_response_length=64) as scorer:
         (scored,) = scorer.score([group])
     assert scored.rewards == pytest.approx([1.0, 2 / 3, 0.0])
     assert scored.valid == [True, True, True]

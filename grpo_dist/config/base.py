@@ -1,0 +1,18 @@
+"""The base of every config section: strict, frozen, unknown keys refused, field docstrings kept."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """One component's settings. Strict types (no ``"8"`` for 8), no NaN or infinity, immutable once
+    validated; each field's docstring is its documentation (``use_attribute_docstrings``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
+        frozen=True,
+    )

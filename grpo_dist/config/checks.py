@@ -1,0 +1,93 @@
+"""Checks that span fields or sections, run once every section is valid on its own.
+
+They read the config alone (and the model directory's ``config.json`` for its context length): what needs
+the tokenizer, the data or the user's reward modules is checked by ``grpo_dist.preflight``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from grpo_dist.embedded import EMBEDDED_MODEL
+
+if TYPE_CHECKING:
+    from grpo_dist.config.root import Config
+    from grpo_dist.config.sections import ModelConfig
+
+BUILTIN_REWARD_NAMES: tuple[str, ...] = ("code_exec", "exact_match", "format", "overlong")
+"""The built-in reward functions, by the ``reward.functions[i].name`` that selects one when ``path`` is unset.
+
+Data rather than an import of ``grpo_dist.reward``: the config must not load a role package to validate a
+name. ``tests/unit/test_config_layout.py`` holds it equal to ``grpo_dist.reward.builtins.BUILTINS``."""
+
+
+def model_context_length(model: ModelConfig) -> int | None:
+    """The model's context length, from the config, the model directory or the embedded spec."""
+    if model.max_model_len is not None:
+        return model.max_model_len
+    if model.path is None:
+        return EMBEDDED_MODEL.max_position_embeddings
+    config_json = Path(model.path) / "config.json"
+    if not config_json.is_file():
+        return None  # checked by the components that load the model
+    hf = json.loads(config_json.read_text())
+    value = hf.get("max_position_embeddings") or hf.get("text_config", {}).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def cross_field_errors(cfg: Config) -> list[str]:
+    """Checks that span fields or sections; each message names the fields and values involved."""
+    errors: list[str] = []
+    d, r, lrn, a = cfg.data, cfg.rollout, cfg.learner, cfg.algo
+    if d.train_batch_size % lrn.mini_batch_size:
+        errors.append(
+            f"learner.mini_batch_size = {lrn.mini_batch_size} must divide data.train_batch_size = "
+            f"{d.train_batch_size} (both count prompts)"
+        )
+    context = model_context_length(cfg.model)
+    total = d.max_prompt_length + d.max_response_length
+    if context is not None and total > context:
+        errors.append(
+            f"data.max_prompt_length + data.max_response_length = {d.max_prompt_length} + "
+            f"{d.max_response_length} = {total} exceeds the model's context of {context} tokens"
+        )
+    if cfg.cluster.device == "cpu" and r.tensor_parallel_size != 1:
+        errors.append(f"rollout.tensor_parallel_size = {r.tensor_parallel_size}: must be 1 when cluster.device = 'cpu'")
+    if cfg.eval.num_samples < max(cfg.eval.k_values, default=1):
+        errors.append(
+            f"eval.num_samples = {cfg.eval.num_samples} is smaller than the largest of eval.k_values = "
+            f"{cfg.eval.k_values}"
+        )
+    if any(k < 1 for k in cfg.eval.k_values):
+        errors.append(f"eval.k_values = {cfg.eval.k_values}: every k must be >= 1")
+    for i, f in enumerate(cfg.reward.functions):
+        if f.path is None and f.name not in BUILTIN_REWARD_NAMES:
+            errors.append(
+                f"reward.functions.{i}.name = {f.name!r} is not a built-in ({', '.join(BUILTIN_REWARD_NAMES)}); "
+                f"set reward.functions.{i}.path = 'package.module:function' for your own"
+            )
+    if cfg.cluster.colocate and (r.tensor_parallel_size != 1 or r.num_engines != lrn.num_ranks):
+        errors.append(
+            f"cluster.colocate = true pairs engine i with learner rank i on one GPU: needs "
+            f"rollout.tensor_parallel_size = 1 (got {r.tensor_parallel_size}) and rollout.num_engines = "
+            f"learner.num_ranks (got {r.num_engines} and {lrn.num_ranks})"
+        )
+    rc = a.rollout_correction
+    if rc.mode != "none" and (rc.bypass or not lrn.recompute_old_logprobs):
+        anchor = (
+            "algo.rollout_correction.bypass = true"
+            if rc.bypass
+            else "learner.recompute_old_logprobs = false (like algo.rollout_correction.bypass = true)"
+        )
+        errors.append(
+            f"{anchor} makes the engine's logprobs the PPO anchor, so the clipped ratio pi_theta / pi_engine "
+            f"already corrects for the engine and a correction weight would be 1: set "
+            f"algo.rollout_correction.mode = 'none' (got {rc.mode!r})"
+        )
+    if a.clip_ratio_c is not None and a.ratio_level == "sequence":
+        errors.append("algo.clip_ratio_c (dual clip) is defined for token-level ratios; unset it for GSPO")
+    if cfg.trainer.resume not in ("never", "auto") and not cfg.trainer.resume:
+        errors.append("trainer.resume must be 'never', 'auto' or a checkpoint path")
+    return errors

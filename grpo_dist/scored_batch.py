@@ -1,0 +1,80 @@
+"""A step's scored groups turned into advantages and rollout metrics: pure functions, no actors.
+
+Also the rule DAPO's dynamic sampling applies to groups: a group whose valid rewards are all equal carries
+no learning signal (every advantage is 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from grpo_dist import algo, metric_names
+from grpo_dist.config import AlgoConfig
+from grpo_dist.types import ScoredGroup
+
+__all__ = ["ScoredBatch", "rollout_metrics", "score_batch", "split_by_signal", "zero_std"]
+
+
+@dataclass
+class ScoredBatch:
+    """What one step produced, before it is trained on and logged."""
+
+    groups: list[ScoredGroup]
+    advantages: torch.Tensor  # [P, G]
+    metrics: dict[str, float]
+
+
+def score_batch(groups: list[ScoredGroup], algo_cfg: AlgoConfig) -> ScoredBatch:
+    """Group-relative advantages over each group's valid samples, and the step's rollout metrics."""
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float64)  # [P, G], NaN where invalid
+    valid = torch.tensor([g.valid for g in groups], dtype=torch.bool)  # [P, G]
+    adv = algo.masked_group_advantages(
+        torch.where(valid, rewards, torch.zeros_like(rewards)),
+        valid,
+        scale_by_std=algo_cfg.norm_adv_by_std,
+        eps=algo_cfg.adv_eps,
+        baseline=algo_cfg.baseline,
+        std_correction=algo_cfg.std_correction,
+    )
+    return ScoredBatch(groups, adv, rollout_metrics(groups, valid, rewards))
+
+
+def zero_std(group: ScoredGroup) -> bool:
+    """The group's valid rewards are all equal (or fewer than two are valid): no learning signal."""
+    values = [r for r, ok in zip(group.rewards, group.valid) if ok]
+    return len(values) < 2 or all(v == values[0] for v in values)
+
+
+def split_by_signal(groups: list[ScoredGroup]) -> tuple[list[ScoredGroup], list[ScoredGroup]]:
+    """Groups whose valid rewards differ (a learning signal), and those whose rewards are all equal."""
+    keep: list[ScoredGroup] = []
+    dropped: list[ScoredGroup] = []
+    for g in groups:
+        (dropped if zero_std(g) else keep).append(g)
+    return keep, dropped
+
+
+def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+    """``reward/*`` and ``response_length/*`` of a step; ``valid`` and ``rewards`` are ``[P, G]``."""
+    ok = rewards[valid]
+    completions = [c for g in groups for c in g.group.completions]
+    lengths = [len(c.token_ids) for c in completions]
+    out: dict[str, float] = {
+        metric_names.REWARD_MEAN: float(ok.mean()) if ok.numel() else math.nan,
+        metric_names.REWARD_STD: float(ok.std(correction=0)) if ok.numel() else math.nan,
+        metric_names.REWARD_FRAC_ZERO_STD: sum(zero_std(g) for g in groups) / len(groups),
+        metric_names.RESPONSE_LEN: sum(lengths) / len(lengths),
+        metric_names.RESPONSE_CLIP: sum(c.finish_reason == "length" for c in completions) / len(lengths),
+        metric_names.RESPONSE_LEN_MAX: float(max(lengths)),
+        metric_names.REWARD_NUM_MASKED: float((~valid).sum()),
+    }
+    for name in groups[0].components:
+        values = [v for g in groups for v, k in zip(g.components[name], g.valid) if k and math.isfinite(v)]
+        out[f"{metric_names.REWARD_PREFIX}{name}"] = sum(values) / len(values) if values else math.nan
+        out[f"{metric_names.REWARD_PREFIX}{name}{metric_names.REWARD_FAILURES_SUFFIX}"] = float(
+            sum(g.failures.get(name, 0) for g in groups)
+        )
+    return out
