@@ -143,8 +143,6 @@ class Controller:
                 record = self.train_step(step)
             except (ActorFault, TimeoutError) as exc:
                 raise self._abort(step, exc) from exc
-            if step == first:
-                record |= {f"data/{k}": v for k, v in self.inputs.train_stats.metrics().items()}
             metrics.log(step, record)
             history.append(record)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != last:

@@ -93,6 +93,8 @@ def build_run(
     workers only). A run resumed from the checkpoint ``resume_from`` (whose ``state`` was loaded) starts
     its engines on the checkpoint's export at its weights version and its learner from its shards."""
     parts = RunParts(cfg, device, inputs)
+    figures = inputs.train_stats.metrics()
+    logger.info("training data: %s", ", ".join(f"{k.partition('/')[2]} {v:g}" for k, v in figures.items()))
     if inputs.eval_prompts:
         logger.info("held-out evaluation: %d prompts from %s", len(inputs.eval_prompts), ", ".join(inputs.eval_files))
     else:

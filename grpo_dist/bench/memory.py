@@ -74,7 +74,7 @@ class MemorySampler:
 
 
 def actor_peaks(controller: object) -> dict[str, float]:
-    """Peak RSS (MB) of each engine and learner rank of a running ``Trainer``, by name."""
+    """Peak RSS (MB) of each engine and learner rank of a running ``Controller``, by name."""
     import ray
 
     out: dict[str, float] = {}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo_dist.models.conformance import TOLERANCE, FamilyResult, run_matrix
+from grpo_dist.models.conformance import run_matrix
+from grpo_dist.models.conformance_results import TOLERANCE, FamilyResult
 from grpo_dist.models.zoo import FAMILIES
 
 pytestmark = pytest.mark.slow
