@@ -32,19 +32,23 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpo_dist import cluster, metric_names
 from grpo_dist.checkpoint import CheckpointManager, checkpoint_name, write_json_durably
-from grpo_dist.config import Config
+from grpo_dist.config import Config, max_staleness
 from grpo_dist.faults import ActorDiedError, ActorFault, TrainingAborted
 from grpo_dist.preflight import RunInputs, check_inputs
 from grpo_dist.run_parts import RunParts, build_run
-from grpo_dist.run_state import CONTROLLER_STATE, RunState
-from grpo_dist.scored_batch import ScoredBatch, score_batch, split_by_signal
+from grpo_dist.run_state import CONTROLLER_STATE, BatchTicket, RunState
+from grpo_dist.scored_batch import SampledBatch, ScoredBatch, score_batch, split_by_signal, staleness_metrics
 from grpo_dist.types import Prompt, ScoredGroup
+
+if TYPE_CHECKING:
+    from grpo_dist.learner.group import PendingTrain
 
 logger = logging.getLogger("grpo_dist")
 
@@ -138,16 +142,17 @@ class Controller:
         if first == 1 and self.inputs.eval_prompts:
             self._log_eval(0)
         checkpoint = None
+        sampled: SampledBatch | None = None  # one_step_off: the next step's batch, generated during this one
         for step in range(first, last + 1):
             try:
-                record = self.train_step(step)
+                record, sampled = self.step(sampled or self.sample_batch(step), prefetch=self._prefetches(step))
             except (ActorFault, TimeoutError) as exc:
                 raise self._abort(step, exc) from exc
             metrics.log(step, record)
             history.append(record)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != last:
                 self._log_eval(step)  # its own line: eval records and training records stay apart
-            if step == last or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+            if self._saves(step):
                 checkpoint = self.save_checkpoint(step)
         if self.inputs.eval_prompts and first <= last:
             self._log_eval(last)
@@ -158,6 +163,16 @@ class Controller:
         else:  # resumed at the last step: nothing was trained in this run
             self.learners.save_hf(str(final))
         return history
+
+    def _saves(self, step: int) -> bool:
+        every, last = self.cfg.trainer.save_every, self.cfg.trainer.total_steps
+        return step == last or bool(every and step % every == 0)
+
+    def _prefetches(self, step: int) -> bool:
+        """``one_step_off``: generate step + 1's batch while step's trains, unless step is the last or writes a
+        checkpoint. A checkpoint step is a barrier: nothing is in flight when it is written, and the next
+        batch is generated from the checkpoint's own weights, as a run resumed from it generates it."""
+        return self.cfg.trainer.async_mode == "one_step_off" and not self._saves(step)
 
     def _state(self) -> RunState:
         assert self.state is not None, "call start() first"
@@ -174,8 +189,7 @@ class Controller:
                 f"{self._resume_hint()}"
             )
         try:
-            if state.trained_step < step:  # the step's batch was drawn but not trained on: put it back
-                state.rewind()
+            state.rewind()  # batches drawn but not trained on go back: a resumed run draws them again
             if state.trained_step >= 1 and self.checkpoints.latest_name() != checkpoint_name(state.trained_step):
                 self.save_checkpoint(state.trained_step)
         except (ActorFault, TimeoutError, OSError, RuntimeError, ValueError) as save_exc:  # never mask the first
@@ -222,31 +236,56 @@ class Controller:
         return path
 
     def train_step(self, step: int) -> dict[str, Any]:
-        cfg, state = self.cfg, self._state()
-        train_prompts = self.inputs.train_prompts
+        """One synchronous step: sample, score, train, publish; returns the step's metrics."""
+        record, _ = self.step(self.sample_batch(step), prefetch=False)
+        return record
+
+    def sample_batch(self, step: int, *, recover: Callable[[], None] | None = None) -> SampledBatch:
+        """Draw ``step``'s prompts (with a ticket) and generate and score their groups; ``recover`` brings
+        the engines to current weights after one was replaced (default: publish the engines' version)."""
+        state = self._state()
+        ticket = state.draw(step, max_staleness=max_staleness(self.cfg))
+        prompts = [self.inputs.train_prompts[i] for i in state.cursor.next_batch()]
+        groups, timing, rounds = self._sample(ticket, prompts, recover or self._recover_engines)
+        return SampledBatch(ticket, groups, timing, rounds)
+
+    def step(self, sampled: SampledBatch, *, prefetch: bool) -> tuple[dict[str, Any], SampledBatch | None]:
+        """Train on ``sampled`` and publish the new weights; with ``prefetch``, the engines generate the next
+        step's batch while the ranks train (returned, for the next call)."""
+        cfg, state, step = self.cfg, self._state(), sampled.ticket.step
         t_step = time.perf_counter()
-        state.begin_step()
-        prompts = [train_prompts[i] for i in state.cursor.next_batch()]
-        groups, timing, rounds = self._sample(step, prompts)
-        result = score_batch(groups, cfg.algo)
-        t0 = time.perf_counter()
+        result = score_batch(sampled.groups, cfg.algo)
+        timing = dict(sampled.timing)
         batch = prepare_train_batch(result, cfg, self.learners, pad_token_id=self._pad_token_id())
-        train_metrics = self.learners.train(batch, step)
-        timing[metric_names.TIMING_TRAIN] = time.perf_counter() - t0
+        t_prepared = time.perf_counter()
+        pending = self.learners.start_train(batch, step)
+        following = self._sample_during(pending, step + 1) if prefetch else None
+        t_overlap = time.perf_counter()
+        train_metrics = pending.result()
+        t_trained = time.perf_counter()
         state.consecutive_nonfinite = int(train_metrics.get("consecutive_nonfinite", 0))
         check_nonfinite(step, train_metrics, cfg.learner.max_nonfinite_steps)
-        state.trained_step = step
-        timing |= self._sync(step)
-        timing[metric_names.TIMING_STEP] = time.perf_counter() - t_step
+        state.trained(sampled.ticket)
+        if state.weights_version < step:  # (a recovery during the overlap may have published them already)
+            timing |= self._sync(step)
+        t_end = time.perf_counter()
+        timing[metric_names.TIMING_TRAIN] = t_trained - t_step
+        timing[metric_names.TIMING_STEP] = t_end - t_step
+        ranks_busy = sum(v for k, v in train_metrics.items() if k.startswith("timing/learner_"))
+        learner_busy = (t_prepared - t_step) + ranks_busy  # the logprob passes, then the update itself
+        timing[metric_names.TIMING_TRAINER_IDLE] = max(0.0, 1.0 - learner_busy / timing[metric_names.TIMING_STEP])
+        if following is not None:  # the engines waited for the ranks after generating the next batch
+            timing[metric_names.TIMING_ROLLOUT_IDLE] = (t_trained - t_overlap) / timing[metric_names.TIMING_STEP]
         num_tokens = sum(len(c.token_ids) for g in result.groups for c in g.group.completions)
         record = {
             **result.metrics,
+            **staleness_metrics(result.groups, learner_version=step - 1),
             **{k: v for k, v in train_metrics.items() if k != "consecutive_nonfinite"},
             **timing,
             metric_names.TOKENS_PER_S: num_tokens / max(timing[metric_names.TIMING_ROLLOUT], 1e-9),
             metric_names.SAMPLES_PER_S: len(batch.advantages) / timing[metric_names.TIMING_STEP],
             metric_names.WEIGHTS_VERSION: float(step),
-            "rollout/sampling_rounds": float(rounds),
+            "rollout/sampling_rounds": float(sampled.rounds),
             "data/epoch": float(state.cursor.epoch),
             **{f"faults/{k}": float(v) for k, v in self.engines.fault_stats.items()},
             **{f"faults/reward_{k}": float(v) for k, v in self.rewards.fault_stats().items()},
@@ -255,7 +294,36 @@ class Controller:
             from grpo_dist.rollout_log import rollout_rows, write_rollouts
 
             write_rollouts(self.run_dir, step, rollout_rows(step, result.groups, result.advantages.tolist()))
-        return record
+        return record, following
+
+    def _sample_during(self, pending: PendingTrain, step: int) -> SampledBatch:
+        """``step``'s batch, generated while the ranks run ``pending`` (the update of ``step - 1``).
+
+        An engine replaced meanwhile must get weights, and the ranks can only publish once their update is
+        done: the recovery waits for it and publishes version ``step - 1`` to every engine (newer than the
+        rest of the batch's, within the bound). A fault the pools cannot repair also waits for the update,
+        so that the abort checkpoint holds the weights it names."""
+
+        def recover() -> None:
+            pending.result()
+            self.weight_sync.connect()
+            self.weight_sync.sync(version=pending.step)
+            self._state().weights_version = pending.step
+
+        try:
+            return self.sample_batch(step, recover=recover)
+        except (ActorFault, TimeoutError):
+            self._finish_before_abort(pending)
+            raise
+
+    def _finish_before_abort(self, pending: PendingTrain) -> None:
+        """The update in flight lands before the run stops: the abort then checkpoints it."""
+        state = self._state()
+        train_metrics = pending.result()
+        state.consecutive_nonfinite = int(train_metrics.get("consecutive_nonfinite", 0))
+        trained = state.in_flight[0]
+        assert trained.step == pending.step
+        state.trained(trained)
 
     def _pad_token_id(self) -> int:
         tokenizer = self.inputs.tokenizer
@@ -264,7 +332,7 @@ class Controller:
     # ---------------------------------------------------------------------------------------------- phases
 
     def _generate_and_score(
-        self, step: int, prompts: list[Prompt], stream: str
+        self, ticket: BatchTicket, prompts: list[Prompt], stream: str, recover: Callable[[], None]
     ) -> tuple[list[ScoredGroup], float, float]:
         """Rollout with rewards scored as groups arrive; returns groups in prompt order and phase times."""
         from grpo_dist.rollout.engine import SamplingSpec
@@ -279,16 +347,16 @@ class Controller:
             stop=tuple(r.stop),
             ignore_eos=r.ignore_eos,
         )
-        min_version = max(0, step - 1 - self.cfg.sync.max_staleness)
+        step = ticket.step
         t0 = time.perf_counter()
         for groups in self.engines.generate(
             prompts,
             spec,
             step=step,
             stream=stream,
-            min_version=min_version,
+            min_version=ticket.min_version,
             chunks_per_engine=r.chunks_per_engine,
-            recover=self._recover_engines,
+            recover=recover,
         ):
             self.rewards.submit(groups)
         t_rollout = time.perf_counter() - t0
@@ -302,18 +370,20 @@ class Controller:
                 )
         return scored, t_rollout, t_reward
 
-    def _sample(self, step: int, prompts: list[Prompt]) -> tuple[list[ScoredGroup], dict[str, float], int]:
+    def _sample(
+        self, ticket: BatchTicket, prompts: list[Prompt], recover: Callable[[], None]
+    ) -> tuple[list[ScoredGroup], dict[str, float], int]:
         """One rollout round, or with DAPO dynamic sampling as many as needed (bounded) to fill the batch
         with groups whose rewards differ."""
         a = self.cfg.algo
-        groups, t_rollout, t_reward = self._generate_and_score(step, prompts, "train")
+        groups, t_rollout, t_reward = self._generate_and_score(ticket, prompts, "train", recover)
         rounds = 1
         if a.dynamic_sampling:
             keep, dropped = split_by_signal(groups)
             train_prompts = self.inputs.train_prompts
             while len(keep) < len(prompts) and rounds < a.max_sampling_rounds:
                 extra = [train_prompts[i] for i in self._state().cursor.take(len(prompts) - len(keep))]
-                more, tr, tw = self._generate_and_score(step, extra, f"train-round{rounds}")
+                more, tr, tw = self._generate_and_score(ticket, extra, f"train-round{rounds}", recover)
                 t_rollout, t_reward, rounds = t_rollout + tr, t_reward + tw, rounds + 1
                 more_keep, more_dropped = split_by_signal(more)
                 keep += more_keep

@@ -83,8 +83,18 @@ TIMING_TRAIN = "timing/train_s"
 TIMING_SYNC = "timing/sync_s"
 TIMING_STEP = "timing/step_s"
 TIMING_EVAL = "timing/eval_s"
+TIMING_TRAINER_IDLE = "timing/trainer_idle_ratio"
+"""Share of the step the learner ranks did not compute (logprob passes and the update are their work)."""
+TIMING_ROLLOUT_IDLE = "timing/rollout_idle_ratio"
+"""``one_step_off``: share of the step the engines, done with the next batch, waited for the ranks."""
 STEP_PHASES = (("rollout", TIMING_ROLLOUT), ("reward", TIMING_REWARD), ("train", TIMING_TRAIN), ("sync", TIMING_SYNC))
 """The phases of a training step in the order they run, each with its seconds' metric."""
+
+# -------------------------------------------------------------------------------------------------- async
+
+ASYNC_STALENESS_MEAN = "async/staleness_mean"
+"""Mean over the step's groups of the learner's version minus the version the group was generated with."""
+ASYNC_STALENESS_MAX = "async/staleness_max"
 
 # --------------------------------------------------------------------------------------------------- eval
 

@@ -13,9 +13,30 @@ import torch
 
 from grpo_dist import algo, metric_names
 from grpo_dist.config import AlgoConfig
+from grpo_dist.run_state import BatchTicket
 from grpo_dist.types import ScoredGroup
 
-__all__ = ["ScoredBatch", "rollout_metrics", "score_batch", "split_by_signal", "zero_std"]
+__all__ = [
+    "SampledBatch",
+    "ScoredBatch",
+    "rollout_metrics",
+    "score_batch",
+    "split_by_signal",
+    "staleness_metrics",
+    "zero_std",
+]
+
+
+@dataclass
+class SampledBatch:
+    """A step's batch as it comes back from the engines and reward workers, with its ticket."""
+
+    ticket: BatchTicket
+    groups: list[ScoredGroup]
+    timing: dict[str, float]
+    """Seconds of its rollout and reward phases."""
+    rounds: int
+    """Generation rounds (more than one under dynamic sampling)."""
 
 
 @dataclass
@@ -78,3 +99,13 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
             sum(g.failures.get(name, 0) for g in groups)
         )
     return out
+
+
+def staleness_metrics(groups: list[ScoredGroup], *, learner_version: int) -> dict[str, float]:
+    """How many versions behind ``learner_version`` (the weights the learner updates) the groups were
+    generated: 0 in ``sync`` mode, up to 1 in ``one_step_off``."""
+    lags = [learner_version - g.group.weights_version for g in groups]
+    return {
+        metric_names.ASYNC_STALENESS_MEAN: sum(lags) / len(lags),
+        metric_names.ASYNC_STALENESS_MAX: float(max(lags)),
+    }

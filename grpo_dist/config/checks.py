@@ -86,8 +86,44 @@ def cross_field_errors(cfg: Config) -> list[str]:
             f"already corrects for the engine and a correction weight would be 1: set "
             f"algo.rollout_correction.mode = 'none' (got {rc.mode!r})"
         )
+    errors += _async_errors(cfg)
     if a.clip_ratio_c is not None and a.ratio_level == "sequence":
         errors.append("algo.clip_ratio_c (dual clip) is defined for token-level ratios; unset it for GSPO")
     if cfg.trainer.resume not in ("never", "auto") and not cfg.trainer.resume:
         errors.append("trainer.resume must be 'never', 'auto' or a checkpoint path")
+    return errors
+
+
+STALENESS_OF_MODE = {"sync": 0, "one_step_off": 1}
+"""The staleness each implemented ``trainer.async_mode`` produces: ``sync.max_staleness`` must equal it."""
+
+
+def max_staleness(cfg: Config) -> int:
+    """The run's staleness bound: ``sync.max_staleness``, or its mode's when unset."""
+    if cfg.sync.max_staleness is not None:
+        return cfg.sync.max_staleness
+    return STALENESS_OF_MODE.get(cfg.trainer.async_mode, 0)
+
+
+def _async_errors(cfg: Config) -> list[str]:
+    mode, rc = cfg.trainer.async_mode, cfg.algo.rollout_correction
+    if mode not in STALENESS_OF_MODE:
+        return [
+            f"trainer.async_mode = {mode!r} is not implemented yet (a staleness bound beyond one step, partial "
+            "rollouts); use 'one_step_off' to overlap the next rollout with training, or 'sync'"
+        ]
+    errors = []
+    bound = cfg.sync.max_staleness
+    if bound is not None and bound != STALENESS_OF_MODE[mode]:
+        errors.append(
+            f"sync.max_staleness = {bound} with trainer.async_mode = {mode!r}, whose samples are at most "
+            f"{STALENESS_OF_MODE[mode]} version(s) behind the learner: the bound would never act; leave it unset "
+            "(other bounds need async_mode = 'async', not implemented yet)"
+        )
+    if mode == "one_step_off" and rc.mode == "none" and not rc.bypass:
+        errors.append(
+            "trainer.async_mode = 'one_step_off' trains on samples one weight version old: their importance "
+            "ratio must be corrected, so algo.rollout_correction.mode must not be 'none' (or set "
+            "algo.rollout_correction.bypass = true to make the engine's logprobs the PPO anchor)"
+        )
     return errors

@@ -202,8 +202,12 @@ class SyncConfig(Section):
     """Weights travel in flattened buckets of at most this size."""
     timeout_s: float = Field(120.0, gt=0.0)
     """Deadline for one whole sync; a stalled engine is named in the error."""
-    max_staleness: int = Field(0, ge=0)
-    """How many weight versions an engine may lag behind the learner (0: strictly on-policy)."""
+    max_staleness: int | None = Field(None, ge=0)
+    """The most weight versions a sample may lag behind the learner that trains on it: the version floor
+    every rollout request carries (an engine below it refuses the request). None: the mode's own, 0 for
+    ``trainer.async_mode = sync`` (every sample from the latest weights) and 1 for ``one_step_off`` (the
+    next batch is generated while the learner trains on this one). Other values are refused until
+    ``async`` mode, where the bound is a choice, lands."""
     verify: bool = True
     """Compare a checksum of the engines' weights with the learner's after each sync."""
     probe_every: int = Field(1, ge=0)
@@ -235,6 +239,13 @@ class TrainerConfig(Section):
     """Checkpoints kept."""
     resume: str = "never"
     """``never``, ``auto`` (latest checkpoint in the run directory) or a checkpoint path."""
+    async_mode: Literal["sync", "one_step_off", "async"] = "sync"
+    """``sync``: rollout, rewards, train, weight sync, one after the other. ``one_step_off``: the engines
+    generate (and the reward workers score) the next step's batch while the learner trains on this one,
+    with the weights one version older; the off-policy gap is corrected by ``algo.rollout_correction``
+    (which must be on, or ``bypass``). A step that writes a checkpoint waits for nothing in flight (a
+    barrier), so a resumed run continues exactly. ``async`` (a staleness bound beyond one step, partial
+    rollouts) is not implemented yet and is refused."""
 
 
 class EvalConfig(Section):

@@ -92,6 +92,9 @@ class LearnerGroup:
 
     def _per_rank(self, method: str, works: list[RankWork], *args: Any, what: str, **kwargs: Any) -> list[Any]:
         refs = [getattr(a, method).remote(w, *args, **kwargs) for a, w in zip(self.actors, works)]
+        return self._wait_ranks(refs, what=what)
+
+    def _wait_ranks(self, refs: list[Any], *, what: str) -> list[Any]:
         try:
             return wait_all(refs, timeout_s=self.cfg.learner.step_timeout_s, what=what, actors=self.ids)
         except ActorDiedError as exc:
@@ -109,15 +112,15 @@ class LearnerGroup:
         return merge_rows(parts, works, batch.num_sequences, batch.input_ids.shape[1] - 1)
 
     def train(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        return self.start_train(batch, step).result()
+
+    def start_train(self, batch: TrainBatch, step: int) -> PendingTrain:
+        """Send the step's update to every rank and return at once; ``result()`` waits for it (with the
+        step deadline) and gives the group's metrics. Calls to the ranks made meanwhile queue behind the
+        update: a weight publication would send the updated weights."""
         works = self.split(batch)
-        per_rank = self._per_rank("train", works, step, what=f"train step {step}")
-        out = combine_rank_metrics(per_rank)
-        # what the padded path would have computed as padding in these micro-batches (packing saves it)
-        padding = plan_padding(batch, works)
-        out[LEARNER_PADDING_FRACTION] = padding if not self.packing else 0.0
-        out[LEARNER_PADDING_SAVED_FRACTION] = padding if self.packing else 0.0
-        out[LEARNER_MICRO_BATCHES_PER_RANK] = float(works[0].num_micro_batches)
-        return out
+        refs = [a.train.remote(w, step) for a, w in zip(self.actors, works)]
+        return PendingTrain(self, refs, works, batch, step)
 
     def sequence_token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         return self._call_all(
@@ -166,6 +169,26 @@ class LearnerGroup:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.placement.remove()
+
+
+class PendingTrain:
+    """A learner update in progress (``LearnerGroup.start_train``); ``result()`` once, or many times."""
+
+    def __init__(self, group: LearnerGroup, refs: list[Any], works: list[RankWork], batch: TrainBatch, step: int):
+        self._group, self._refs, self._works, self._batch, self.step = group, refs, works, batch, step
+        self._metrics: dict[str, float] | None = None
+
+    def result(self) -> dict[str, float]:
+        if self._metrics is None:
+            per_rank = self._group._wait_ranks(self._refs, what=f"train step {self.step}")
+            out = combine_rank_metrics(per_rank)
+            # what the padded path would have computed as padding in these micro-batches (packing saves it)
+            padding = plan_padding(self._batch, self._works)
+            out[LEARNER_PADDING_FRACTION] = padding if not self._group.packing else 0.0
+            out[LEARNER_PADDING_SAVED_FRACTION] = padding if self._group.packing else 0.0
+            out[LEARNER_MICRO_BATCHES_PER_RANK] = float(self._works[0].num_micro_batches)
+            self._metrics = out
+        return self._metrics
 
 
 def memory_advice(cfg: Config) -> str:

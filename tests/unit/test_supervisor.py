@@ -79,14 +79,34 @@ def test_run_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     import json
 
     state = RunState(PromptCursor(10, batch_size=3, seed=0))
-    state.begin_step()
-    drawn = state.cursor.next_batch()
-    state.trained_step, state.weights_version, state.consecutive_nonfinite = 4, 4, 1
+    ticket = state.draw(5, max_staleness=0)
+    state.cursor.next_batch()
+    state.trained(ticket)
+    state.weights_version, state.consecutive_nonfinite = 5, 1
     (tmp_path / CONTROLLER_STATE).write_text(json.dumps(state.to_json({"trainer": {}})))
     loaded = RunState(PromptCursor(10, batch_size=3, seed=0))
     loaded.load(tmp_path)
-    assert (loaded.trained_step, loaded.weights_version, loaded.consecutive_nonfinite) == (4, 4, 1)
-    assert loaded.next_step == 5
+    assert (loaded.trained_step, loaded.weights_version, loaded.consecutive_nonfinite) == (5, 5, 1)
+    assert loaded.next_step == 6
     assert loaded.cursor.next_batch() == state.cursor.next_batch()  # both continue after the drawn batch
-    state.rewind()  # a fault before training: the step's prompts are drawn again
-    assert state.cursor.next_batch() == drawn
+
+
+def test_batches_in_flight_are_put_back() -> None:
+    """Two tickets in flight (one_step_off): a checkpoint records, and a fault rewinds to, the cursor
+    before the oldest one, so that no prompt is skipped or trained on twice."""
+    state = RunState(PromptCursor(12, batch_size=3, seed=1))
+    first = state.draw(1, max_staleness=1)
+    batch1 = state.cursor.next_batch()
+    second = state.draw(2, max_staleness=1)
+    batch2 = state.cursor.next_batch()
+    assert (first.min_version, second.min_version) == (0, 0)  # step 2 may use the weights before step 1
+    assert state.draw(7, max_staleness=1).min_version == 5
+    state.in_flight.pop()
+    assert state.to_json({})["cursor"] == first.cursor_at_draw
+    state.trained(first)
+    assert state.to_json({})["cursor"] == second.cursor_at_draw  # batch 2 is still out: it goes back
+    with pytest.raises(AssertionError):
+        state.trained(first)  # trained in the order drawn, once
+    state.rewind()
+    assert state.in_flight == [] and state.cursor.next_batch() == batch2
+    assert batch1 != batch2

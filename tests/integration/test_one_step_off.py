@@ -1,0 +1,131 @@
+"""``trainer.async_mode = one_step_off`` on real Ray, vLLM and DeepSpeed: the next step's batch is generated
+with the previous weights while the ranks train (staleness 1, within the bound), a checkpoint step is a
+barrier so that a resumed run continues exactly, and an engine killed while the ranks train is replaced
+with no group lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import TINY_CONFIG, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+BATCH, G = 4, 4
+VOLATILE = ("timing/", "throughput/", "sync/gb_per_s", "faults/")
+
+
+def _config(tiny_assets: dict[str, str], run_dir: Path, *extra: str) -> Any:
+    from grpo_dist.config import load_config
+
+    return load_config(
+        TINY_CONFIG,
+        [
+            *tiny_overrides(tiny_assets, run_dir),
+            "trainer.async_mode=one_step_off",
+            f"data.train_batch_size={BATCH}",
+            f"rollout.num_generations={G}",
+            "learner.lr=1e-3",
+            "trainer.save_every=2",
+            *extra,
+        ],
+    )
+
+
+def _run(cfg: Any) -> Any:
+    from grpo_dist.controller import Controller
+
+    controller = Controller(cfg)
+    try:
+        controller.start()
+        controller.run()
+    finally:
+        controller.shutdown()
+    return controller
+
+
+def _steps(run_dir: Path) -> dict[int, dict[str, Any]]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "reward/mean" in record:
+            out[record["step"]] = {k: v for k, v in record.items() if not k.startswith(VOLATILE)}
+    return out
+
+
+def _versions(run_dir: Path, step: int) -> set[int]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(run_dir / "rollouts" / f"step_{step:06d}.parquet").column("weights_version").to_pylist())
+
+
+def test_overlap_within_the_bound_and_exact_resume_across_the_barrier(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
+) -> None:
+    reference = tmp_path / "reference"
+    _run(_config(tiny_assets, reference, "trainer.total_steps=3"))
+    steps = _steps(reference)
+    # step 1's batch came before any update; step 2's was generated during step 1's update, with version 0;
+    # step 2 writes a checkpoint (a barrier), so step 3's batch is generated after it, with version 2
+    assert [_versions(reference, s) for s in (1, 2, 3)] == [{0}, {0}, {2}]
+    assert [steps[s]["async/staleness_max"] for s in (1, 2, 3)] == [0.0, 1.0, 0.0]
+    raw = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    overlapped = {r["step"] for r in raw if "timing/rollout_idle_ratio" in r}
+    assert overlapped == {1}  # the only step that generated the next batch while training
+    assert all(0.0 <= r["timing/trainer_idle_ratio"] <= 1.0 for r in raw if "reward/mean" in r)
+
+    stopped = tmp_path / "stopped"
+    _run(_config(tiny_assets, stopped, "trainer.total_steps=2"))
+    _run(_config(tiny_assets, stopped, "trainer.total_steps=3", "trainer.resume=auto"))
+    resumed = _steps(stopped)
+    assert sorted(resumed) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert resumed[step] == steps[step], f"step {step} differs"
+
+
+def test_engine_killed_while_the_ranks_train_is_replaced(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
+) -> None:
+    """The kill lands while step 2's batch is scored, i.e. during step 1's update: the replacement waits for
+    that update, gets its weights (version 1) and the lost prompts are generated again."""
+    import ray
+
+    from grpo_dist.controller import Controller
+
+    trigger = tmp_path / "run.trigger"
+    eval_calls = 4 * (2 + 1)  # the evaluation before step 1: 4 prompts x (2 samples + greedy)
+    cfg = _config(
+        tiny_assets,
+        tmp_path / "run",
+        "trainer.total_steps=2",
+        "data.max_response_length=64",
+        "rollout.ignore_eos=true",  # long generations: the kill lands mid-rollout
+        "reward.functions=[{name: exact_match},"
+        f" {{name: fault, path: 'tests.integration.fault_fns:kill_after', weight: 0.0,"
+        f" kwargs: {{trigger_file: '{trigger}', after_calls: {eval_calls + BATCH * G}}}}}]",
+    )
+    controller = Controller(cfg)
+    try:
+        controller.start()
+        trigger.write_text(str(ray.get(controller.engines.actors[1].info.remote(), timeout=60)["pid"]))
+        history = controller.run()
+        stats = dict(controller.engines.fault_stats)
+    finally:
+        controller.shutdown()
+    assert (tmp_path / "run.fired").exists()
+    assert stats["engines_restarted"] == 1 and stats["chunks_resubmitted"] >= 1
+    assert len(history) == 2
+    versions = _versions(tmp_path / "run", 2)
+    assert versions <= {0, 1} and 1 in versions  # resubmitted groups came from the replacement, at version 1
+    for step in (1, 2):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(tmp_path / "run" / "rollouts" / f"step_{step:06d}.parquet").to_pylist()
+        assert sorted((r["prompt_id"], r["sample_index"]) for r in rows) == sorted(
+            {(r["prompt_id"], r["sample_index"]) for r in rows}
+        )
+        assert len(rows) == BATCH * G  # every group once, none lost
