@@ -234,3 +234,30 @@ def test_bypass_needs_mode_none_and_wins_over_recompute() -> None:
     )
     assert cfg.algo.rollout_correction.bypass and cfg.learner.recompute_old_logprobs
     parse_config(apply_overrides({}, ["learner.recompute_old_logprobs=false", "algo.rollout_correction.mode=none"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.async_mode=async"], "trainer.async_mode = 'async' is not implemented yet"),
+        (["sync.max_staleness=1"], "sync.max_staleness = 1 with trainer.async_mode = 'sync'"),
+        (["trainer.async_mode=one_step_off", "sync.max_staleness=3"], "sync.max_staleness = 3 with"),
+        (
+            ["trainer.async_mode=one_step_off", "algo.rollout_correction.mode=none"],
+            "algo.rollout_correction.mode must not be 'none'",
+        ),
+    ],
+)
+def test_async_settings_that_would_do_nothing_are_refused(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(apply_overrides({}, overrides))
+
+
+def test_the_staleness_bound_is_the_modes_own_unless_set() -> None:
+    from grpo_dist.config import max_staleness
+
+    assert max_staleness(parse_config({})) == 0
+    assert max_staleness(parse_config(apply_overrides({}, ["trainer.async_mode=one_step_off"]))) == 1
+    bypass = ["trainer.async_mode=one_step_off", "algo.rollout_correction.mode=none"]
+    bypass.append("algo.rollout_correction.bypass=true")  # the engine's logprobs as the PPO anchor also correct
+    assert max_staleness(parse_config(apply_overrides({}, bypass))) == 1
