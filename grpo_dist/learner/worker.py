@@ -421,15 +421,9 @@ class LearnerWorker:
 
         if self.rank != 0:
             return True
-        if transport == "broadcast":
-            group = t.init_broadcast_group(
-                host=host, port=port, rank=0, world_size=world_size, backend=backend, timeout_s=timeout_s
-            )
-            self._sender = t.BroadcastSender(group)
-        elif transport == "object_store":
-            self._sender = t.ObjectStoreSender()
-        else:
-            t.check_transport(transport)
+        self._sender = t.make_sender(
+            transport, host=host, port=port, world_size=world_size, backend=backend, timeout_s=timeout_s
+        )
         return True
 
     def publish_weights(self, verify: bool = True) -> tuple[list[int], Any]:

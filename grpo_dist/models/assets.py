@@ -98,14 +98,6 @@ def ensure_task_data(seed: int = 0) -> tuple[Path, Path]:
     return target / "train.parquet", target / "eval.parquet"
 
 
-def resolve_model_path(cfg: Config) -> str:
-    if cfg.model.path is not None:
-        if not (Path(cfg.model.path) / "config.json").is_file():
-            raise ValueError(f"model.path = {cfg.model.path!r}: no config.json there (a Hugging Face model directory)")
-        return cfg.model.path
-    return str(ensure_embedded_model())
-
-
 def resolve_data_files(cfg: Config) -> tuple[list[str], list[str]]:
     """The run's train and held-out files. Without ``data.train_files`` the run is the embedded task, and
     its held-out set is the default evaluation; a run on the user's data evaluates the user's

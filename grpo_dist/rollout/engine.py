@@ -234,15 +234,16 @@ class VllmEngine:
         from grpo_dist.sync import transport as t
 
         self._plan = plan
-        if transport == "broadcast":
-            group = t.init_broadcast_group(
-                host=host, port=port, rank=rank, world_size=world_size, backend=backend, timeout_s=timeout_s
-            )
-            self._receiver = t.BroadcastReceiver(group, self.device)
-        elif transport == "object_store":
-            self._receiver = t.ObjectStoreReceiver(self.device, timeout_s)
-        else:
-            t.check_transport(transport)
+        self._receiver = t.make_receiver(
+            transport,
+            device=self.device,
+            host=host,
+            port=port,
+            rank=rank,
+            world_size=world_size,
+            backend=backend,
+            timeout_s=timeout_s,
+        )
         return True
 
     def receive_weights(self, version: int, handle: Any = None, verify: bool = True) -> list[int]:

@@ -123,9 +123,16 @@ class EnginePool:
     def wait_ready(self) -> list[dict[str, Any]]:
         return self.call_all("info", timeout_s=self.cfg.rollout.request_timeout_s, what="engine start-up")
 
+    def refs(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """``method`` called on every engine without waiting; the refs are in the order of ``ids``."""
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def init_weight_sync_refs(self, *, plan: Any, **common: Any) -> list[Any]:
+        """Every engine joins the weight-sync group as rank 1 + its position (learner rank 0 is the root)."""
+        return [a.init_weight_sync.remote(plan=plan, rank=1 + i, **common) for i, a in enumerate(self.actors)]
+
     def call_all(self, method: str, *args: Any, timeout_s: float, what: str, **kwargs: Any) -> list[Any]:
-        refs = [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
-        return wait_all(refs, timeout_s=timeout_s, what=what, actors=self.ids)
+        return wait_all(self.refs(method, *args, **kwargs), timeout_s=timeout_s, what=what, actors=self.ids)
 
     def replace_failed(self, position: int, *, step: int, reason: str) -> None:
         """An engine died: restart it in its slot (``rollout.on_engine_failure: restart``, within

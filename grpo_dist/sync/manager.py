@@ -67,9 +67,7 @@ class WeightSync:
             host, port = self.learners.address()
             common |= {"host": host, "port": port, "world_size": 1 + self.engines.num_engines}
         refs = self.learners.init_weight_sync_refs(**common)
-        refs += [
-            e.init_weight_sync.remote(plan=self.plan, rank=1 + i, **common) for i, e in enumerate(self.engines.actors)
-        ]
+        refs += self.engines.init_weight_sync_refs(plan=self.plan, **common)
         wait_all(refs, timeout_s=timeout, what="weight-sync group set-up", actors=self.learners.ids + self.engines.ids)
 
     def sync(self, version: int) -> dict[str, float]:
@@ -90,14 +88,14 @@ class WeightSync:
             if probing:  # the learner's side of the probe queues behind its publication, beside the reloads
                 learner_probe = self.learners.sequence_token_logprobs_refs(self.probe)
             if self.transport == "broadcast":
-                receive = [e.receive_weights.remote(version, None, verify) for e in self.engines.actors]
+                receive = self.engines.refs("receive_weights", version, None, verify)
                 results = wait_all(publish + receive, timeout_s=timeout, what=what, actors=actors)
                 sent = results[0][0]
-                received = results[len(self.learners.actors) :]
+                received = results[len(publish) :]
             else:
                 published = wait_all(publish, timeout_s=timeout, what=what, actors=self.learners.ids)
                 sent, handle = published[0]
-                receive = [e.receive_weights.remote(version, handle, verify) for e in self.engines.actors]
+                receive = self.engines.refs("receive_weights", version, handle, verify)
                 received = wait_all(
                     receive, timeout_s=max(1.0, deadline - time.perf_counter()), what=what, actors=self.engines.ids
                 )
@@ -136,7 +134,7 @@ class WeightSync:
         timeout = self.cfg.sync.timeout_s
         what = f"behavioural check of weights version {version}"
         learner_refs = learner_refs or self.learners.sequence_token_logprobs_refs(self.probe)
-        refs = [e.sequence_token_logprobs.remote(self.probe) for e in self.engines.actors]
+        refs = self.engines.refs("sequence_token_logprobs", self.probe)
         try:
             scored = wait_all(
                 learner_refs + refs, timeout_s=timeout, what=what, actors=self.learners.ids + self.engines.ids
@@ -162,7 +160,7 @@ class WeightSync:
         (stalled or dead), or, when every engine answers, all the sync's actors."""
         import ray
 
-        pings = [e.info.remote() for e in self.engines.actors]
+        pings = self.engines.refs("info")
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=2.0)
         silent = [a for a, p in zip(self.engines.ids, pings) if p not in ready]
         if silent:

@@ -132,6 +132,43 @@ class ObjectStoreReceiver(WeightReceiver):
         return flat.to(self.device)
 
 
+# ------------------------------------------------------------------------------------------------- factories
+
+
 def check_transport(name: str) -> None:
     if name not in TRANSPORTS:
         raise ValueError(f"sync.transport = {name!r}: expected one of {', '.join(TRANSPORTS)}")
+
+
+def make_sender(
+    transport: str, *, host: str, port: int, world_size: int, backend: str, timeout_s: float
+) -> WeightSender:
+    """Learner rank 0's half of ``transport`` (``broadcast``: it hosts the sync group as its rank 0)."""
+    check_transport(transport)
+    if transport == "broadcast":
+        group = init_broadcast_group(
+            host=host, port=port, rank=0, world_size=world_size, backend=backend, timeout_s=timeout_s
+        )
+        return BroadcastSender(group)
+    return ObjectStoreSender()
+
+
+def make_receiver(
+    transport: str,
+    *,
+    device: torch.device,
+    host: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    backend: str,
+    timeout_s: float,
+) -> WeightReceiver:
+    """An engine's half of ``transport`` (``broadcast``: it joins the sync group as ``rank``)."""
+    check_transport(transport)
+    if transport == "broadcast":
+        group = init_broadcast_group(
+            host=host, port=port, rank=rank, world_size=world_size, backend=backend, timeout_s=timeout_s
+        )
+        return BroadcastReceiver(group, device)
+    return ObjectStoreReceiver(device, timeout_s)
