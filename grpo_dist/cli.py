@@ -367,15 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _exit_code(exc: BaseException) -> int | None:
-    """2 for a user's mistake (``ValueError``: a config, file or row the message names), 1 for a run stopped
-    by a fault (``TrainingAborted``, ``ActorFault``: the message says how to resume); None for anything
-    else, which is a bug and keeps its traceback."""
+    """2 for a user's mistake (a ``ValueError`` of ours: a config, file or row the message names), 1 for a
+    run stopped by a fault or a deadline (``TrainingAborted``, ``ActorFault``, ``TimeoutError``: the message
+    says what and how to resume); None for anything else, which keeps its traceback. A ``ValueError`` that
+    came back from an actor (Ray's error types) or from the standard library's decoders is no user mistake
+    the message would explain, so it keeps its traceback too."""
+    import json
+
     from grpo_dist.faults import ActorFault, TrainingAborted
 
-    if isinstance(exc, ValueError):
-        return 2
-    if isinstance(exc, (TrainingAborted, ActorFault)):
+    if isinstance(exc, (TrainingAborted, ActorFault, TimeoutError)):
         return 1
+    foreign = type(exc).__module__.split(".")[0] == "ray" or isinstance(exc, (UnicodeError, json.JSONDecodeError))
+    if isinstance(exc, ValueError) and not foreign:
+        return 2
     return None
 
 

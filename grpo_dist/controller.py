@@ -30,6 +30,7 @@ allows one, then ``TrainingAborted`` saying how to resume.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -194,7 +195,8 @@ class Controller:
                 self.save_checkpoint(state.trained_step)
         except (ActorFault, TimeoutError, OSError, RuntimeError, ValueError) as save_exc:  # never mask the first
             logger.error("step %d: could not write a checkpoint after the fault: %s", step, save_exc)
-        what = str(exc) if str(exc).startswith(f"step {step}") else f"step {step}: {exc}"
+        # a fault in the next batch's rollout (one_step_off) names its own step
+        what = str(exc) if re.match(r"(rollout of )?step \d+", str(exc)) else f"step {step}: {exc}"
         return TrainingAborted(f"{what}. {self._resume_hint()}")
 
     def _resume_hint(self) -> str:
@@ -243,17 +245,19 @@ class Controller:
     def sample_batch(self, step: int, *, recover: Callable[[], None] | None = None) -> SampledBatch:
         """Draw ``step``'s prompts (with a ticket) and generate and score their groups; ``recover`` brings
         the engines to current weights after one was replaced (default: publish the engines' version)."""
-        state = self._state()
+        state, started = self._state(), time.perf_counter()
         ticket = state.draw(step, max_staleness=max_staleness(self.cfg))
         prompts = [self.inputs.train_prompts[i] for i in state.cursor.next_batch()]
         groups, timing, rounds = self._sample(ticket, prompts, recover or self._recover_engines)
-        return SampledBatch(ticket, groups, timing, rounds)
+        return SampledBatch(ticket, groups, timing, rounds, started)
 
     def step(self, sampled: SampledBatch, *, prefetch: bool) -> tuple[dict[str, Any], SampledBatch | None]:
         """Train on ``sampled`` and publish the new weights; with ``prefetch``, the engines generate the next
         step's batch while the ranks train (returned, for the next call)."""
         cfg, state, step = self.cfg, self._state(), sampled.ticket.step
-        t_step = time.perf_counter()
+        t_step = time.perf_counter() if sampled.prefetched else sampled.started  # a step's own sampling counts
+        epoch = state.cursor.epoch  # before the next batch is drawn
+        t_train = time.perf_counter()
         result = score_batch(sampled.groups, cfg.algo)
         timing = dict(sampled.timing)
         batch = prepare_train_batch(result, cfg, self.learners, pad_token_id=self._pad_token_id())
@@ -269,10 +273,10 @@ class Controller:
         if state.weights_version < step:  # (a recovery during the overlap may have published them already)
             timing |= self._sync(step)
         t_end = time.perf_counter()
-        timing[metric_names.TIMING_TRAIN] = t_trained - t_step
+        timing[metric_names.TIMING_TRAIN] = t_trained - t_train
         timing[metric_names.TIMING_STEP] = t_end - t_step
         ranks_busy = sum(v for k, v in train_metrics.items() if k.startswith("timing/learner_"))
-        learner_busy = (t_prepared - t_step) + ranks_busy  # the logprob passes, then the update itself
+        learner_busy = (t_prepared - t_train) + ranks_busy  # the logprob passes, then the update itself
         timing[metric_names.TIMING_TRAINER_IDLE] = max(0.0, 1.0 - learner_busy / timing[metric_names.TIMING_STEP])
         if following is not None:  # the engines waited for the ranks after generating the next batch
             timing[metric_names.TIMING_ROLLOUT_IDLE] = (t_trained - t_overlap) / timing[metric_names.TIMING_STEP]
@@ -286,7 +290,7 @@ class Controller:
             metric_names.SAMPLES_PER_S: len(batch.advantages) / timing[metric_names.TIMING_STEP],
             metric_names.WEIGHTS_VERSION: float(step),
             "rollout/sampling_rounds": float(sampled.rounds),
-            "data/epoch": float(state.cursor.epoch),
+            "data/epoch": float(epoch),
             **{f"faults/{k}": float(v) for k, v in self.engines.fault_stats.items()},
             **{f"faults/reward_{k}": float(v) for k, v in self.rewards.fault_stats().items()},
         }
@@ -311,7 +315,7 @@ class Controller:
             self._state().weights_version = pending.step
 
         try:
-            return self.sample_batch(step, recover=recover)
+            return replace(self.sample_batch(step, recover=recover), prefetched=True)
         except (ActorFault, TimeoutError):
             self._finish_before_abort(pending)
             raise

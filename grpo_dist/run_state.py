@@ -9,7 +9,8 @@ checkpoint records, and the one ``rewind`` restores, is the one before the oldes
 resumed run draws those prompts again, none skipped or repeated.
 
 A step changes the state in one order: ``draw`` when the batch is drawn, ``trained`` when the learner
-holds the step's update, ``weights_version`` when every engine holds those weights.
+holds the step's update, ``weights_version`` when every engine holds those weights (in ``one_step_off`` an
+engine replaced during the update gets those weights as soon as it lands, before ``trained`` is recorded).
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ class SampledBatch:
     """Seconds of its rollout and reward phases."""
     rounds: int
     """Generation rounds (more than one under dynamic sampling)."""
+    started: float
+    """``time.perf_counter()`` when its sampling began."""
+    prefetched: bool = False
+    """Generated during the previous step (``one_step_off``): its sampling is not this step's time."""
 
 
 @dataclass

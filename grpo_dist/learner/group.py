@@ -177,10 +177,19 @@ class PendingTrain:
     def __init__(self, group: LearnerGroup, refs: list[Any], works: list[RankWork], batch: TrainBatch, step: int):
         self._group, self._refs, self._works, self._batch, self.step = group, refs, works, batch, step
         self._metrics: dict[str, float] | None = None
+        self._error: BaseException | None = None
 
     def result(self) -> dict[str, float]:
+        """The group's metrics; a failure (a rank died, the deadline passed) is raised again on every call,
+        without waiting a second time."""
+        if self._error is not None:
+            raise self._error
         if self._metrics is None:
-            per_rank = self._group._wait_ranks(self._refs, what=f"train step {self.step}")
+            try:
+                per_rank = self._group._wait_ranks(self._refs, what=f"train step {self.step}")
+            except BaseException as exc:
+                self._error = exc
+                raise
             out = combine_rank_metrics(per_rank)
             # what the padded path would have computed as padding in these micro-batches (packing saves it)
             padding = plan_padding(self._batch, self._works)

@@ -221,6 +221,8 @@ class EnginePool:
                     recover()
                 self.fault_stats["chunks_resubmitted"] += 1
                 submit(sorted(lost))
+                # the resubmitted work gets a whole deadline: the recovery may have waited (for an update in flight)
+                deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
                 continue
             except ray.exceptions.RayTaskError as exc:
                 actor_id = self._id_of(actor)
