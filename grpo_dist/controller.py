@@ -65,7 +65,6 @@ class Controller:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.trainer.keep_last)
         self.parts: RunParts | None = None
         self.state: RunState | None = None
-        self.resume_from: Path | None = None
 
     def __enter__(self) -> Controller:
         return self
@@ -83,9 +82,10 @@ class Controller:
         inputs = check_inputs(cfg, device=device, build_embedded=True)  # before anything is written or started
         assert inputs is not None  # build_embedded: loaded, or a ConfigError was raised
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_from = None
         if training:
             self.checkpoints.cleanup()
-            self.resume_from = self.checkpoints.resolve(cfg.trainer.resume)  # verified, or refused
+            resume_from = self.checkpoints.resolve(cfg.trainer.resume)  # verified, or refused
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         cursor = PromptCursor(
             len(inputs.train_prompts),
@@ -94,11 +94,11 @@ class Controller:
             shuffle=cfg.data.shuffle,
         )
         self.state = RunState(cursor)
-        if self.resume_from is not None:
-            self.state.load(self.resume_from)
-            logger.info("resuming from %s (step %d)", self.resume_from, self.state.trained_step)
+        if resume_from is not None:
+            self.state.load(resume_from)
+            logger.info("resuming from %s (step %d)", resume_from, self.state.trained_step)
         self.parts = build_run(
-            cfg, self.run_dir, inputs, device=device, training=training, state=self.state, resume_from=self.resume_from
+            cfg, self.run_dir, inputs, device=device, training=training, state=self.state, resume_from=resume_from
         )
 
     def shutdown(self) -> None:
@@ -205,10 +205,14 @@ class Controller:
             return "No checkpoint was written yet: the run must start again."
         return f"The latest checkpoint is {name}: continue with trainer.resume=auto."
 
-    def _recover_engines(self) -> None:
-        """After an engine was replaced: a new sync group, and the current weights into every engine."""
+    def _recover_engines(self, version: int | None = None) -> None:
+        """After an engine was replaced: a new sync group, and the learner's weights into every engine, as
+        ``version`` (default: the version the engines hold, i.e. the learner has not moved since)."""
+        state = self._state()
+        version = state.weights_version if version is None else version
         self.weight_sync.connect()
-        self.weight_sync.sync(version=self._state().weights_version)
+        self.weight_sync.sync(version=version)
+        state.weights_version = version
 
     def _sync(self, step: int) -> dict[str, float]:
         """Publish the weights of ``step``; an engine that died meanwhile is replaced and the sync repeated."""
@@ -310,9 +314,7 @@ class Controller:
 
         def recover() -> None:
             pending.result()
-            self.weight_sync.connect()
-            self.weight_sync.sync(version=pending.step)
-            self._state().weights_version = pending.step
+            self._recover_engines(version=pending.step)
 
         try:
             return replace(self.sample_batch(step, recover=recover), prefetched=True)

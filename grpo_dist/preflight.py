@@ -15,7 +15,6 @@ verification of a checkpoint (it reads every shard).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -27,8 +26,6 @@ from grpo_dist.config import Config, ConfigError, model_context_length
 if TYPE_CHECKING:
     from grpo_dist.data import PromptStats
     from grpo_dist.types import Prompt
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["RunInputs", "check_inputs"]
 

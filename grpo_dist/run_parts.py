@@ -63,7 +63,8 @@ class RunParts:
         return self.cfg.data.max_prompt_length + self.cfg.data.max_response_length
 
     def shutdown(self) -> None:
-        """Stop every part that was started, last first; idempotent."""
+        """Stop every part that was started (reward workers, engines, learner ranks, then the sinks and a
+        Ray this run started); idempotent."""
         for part in (self.rewards, self.engines, self.learners):
             if part is not None:
                 part.shutdown()

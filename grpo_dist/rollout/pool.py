@@ -136,17 +136,14 @@ class EnginePool:
 
     def replace_failed(self, position: int, *, step: int, reason: str) -> None:
         """An engine died: restart it in its slot (``rollout.on_engine_failure: restart``, within
-        ``rollout.max_engine_restarts``) or drop it from the pool (``shrink``); ``EngineError`` when neither
-        is possible. The caller must then bring the engines' weights back to the current version."""
+        ``rollout.max_engine_restarts``) or drop it from the pool (``shrink``); the supervisor's ``ActorFault``
+        when neither is possible. The caller must then bring the engines' weights back to the current version."""
         context = f"step {step}: "
-        try:
-            if self.cfg.rollout.on_engine_failure == "shrink":
-                self.supervisor.remove(position, why=reason, context=context)
-                self.fault_stats["engines_removed"] += 1
-                return
-            actor = self.supervisor.replace(position, why=reason, context=context)
-        except ActorFault as exc:
-            raise EngineError(str(exc), actors=exc.actors) from None
+        if self.cfg.rollout.on_engine_failure == "shrink":
+            self.supervisor.remove(position, why=reason, context=context)
+            self.fault_stats["engines_removed"] += 1
+            return
+        actor = self.supervisor.replace(position, why=reason, context=context)
         self.fault_stats["engines_restarted"] += 1
         actor_id = self.supervisor.actor_id(position)
         wait_all(
