@@ -261,3 +261,11 @@ def test_the_staleness_bound_is_the_modes_own_unless_set() -> None:
     bypass = ["trainer.async_mode=one_step_off", "algo.rollout_correction.mode=none"]
     bypass.append("algo.rollout_correction.bypass=true")  # the engine's logprobs as the PPO anchor also correct
     assert max_staleness(parse_config(apply_overrides({}, bypass))) == 1
+
+
+def test_validate_config_only_skips_the_file_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+    missing = f"model.path={tmp_path / 'no-such-model'}"
+    assert main(["validate", "--config-only", config, missing]) == 0
+    assert main(["validate", config, missing]) == 2
+    assert "no such directory" in capsys.readouterr().err
