@@ -33,19 +33,22 @@ import logging
 import re
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grpo_dist import cluster, metric_names
+from grpo_dist.async_schedule import admits, drop_stale, generation_horizon
 from grpo_dist.checkpoint import CheckpointManager, checkpoint_name, write_json_durably
 from grpo_dist.config import Config, max_staleness
 from grpo_dist.faults import ActorDiedError, ActorFault, TrainingAborted
 from grpo_dist.preflight import RunInputs, check_inputs
 from grpo_dist.run_parts import RunParts, build_run
 from grpo_dist.run_state import CONTROLLER_STATE, BatchTicket, RunState
-from grpo_dist.scored_batch import SampledBatch, ScoredBatch, score_batch, split_by_signal, staleness_metrics
+from grpo_dist.scored_batch import SampledBatch, score_batch, split_by_signal, staleness_metrics
+from grpo_dist.train_batch import check_nonfinite, prepare_train_batch
 from grpo_dist.types import Prompt, ScoredGroup
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("grpo_dist")
 
-__all__ = ["Controller", "TrainingAborted", "check_nonfinite", "prepare_train_batch"]
+__all__ = ["Controller", "TrainingAborted"]
 
 
 class Controller:
@@ -143,10 +146,10 @@ class Controller:
         if first == 1 and self.inputs.eval_prompts:
             self._log_eval(0)
         checkpoint = None
-        sampled: SampledBatch | None = None  # one_step_off: the next step's batch, generated during this one
+        ahead: deque[SampledBatch] = deque()  # batches generated during earlier steps, for the next ones
         for step in range(first, last + 1):
             try:
-                record, sampled = self.step(sampled or self.sample_batch(step), prefetch=self._prefetches(step))
+                record = self.step(ahead.popleft() if ahead else self.sample_batch(step), ahead=ahead)
             except (ActorFault, TimeoutError) as exc:
                 raise self._abort(step, exc) from exc
             metrics.log(step, record)
@@ -154,6 +157,7 @@ class Controller:
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != last:
                 self._log_eval(step)  # its own line: eval records and training records stay apart
             if self._saves(step):
+                assert not ahead, "a checkpoint step leaves nothing in flight"
                 checkpoint = self.save_checkpoint(step)
         if self.inputs.eval_prompts and first <= last:
             self._log_eval(last)
@@ -169,11 +173,13 @@ class Controller:
         every, last = self.cfg.trainer.save_every, self.cfg.trainer.total_steps
         return step == last or bool(every and step % every == 0)
 
-    def _prefetches(self, step: int) -> bool:
-        """``one_step_off``: generate step + 1's batch while step's trains, unless step is the last or writes a
-        checkpoint. A checkpoint step is a barrier: nothing is in flight when it is written, and the next
-        batch is generated from the checkpoint's own weights, as a run resumed from it generates it."""
-        return self.cfg.trainer.async_mode == "one_step_off" and not self._saves(step)
+    def _next_barrier(self, step: int) -> int:
+        """The first step at or after ``step`` that writes a checkpoint (the last step always does)."""
+        every, last = self.cfg.trainer.save_every, self.cfg.trainer.total_steps
+        return min(last, -(-step // every) * every) if every else last
+
+    def _max_staleness(self) -> int:
+        return max_staleness(self.cfg)
 
     def _state(self) -> RunState:
         assert self.state is not None, "call start() first"
@@ -243,31 +249,33 @@ class Controller:
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One synchronous step: sample, score, train, publish; returns the step's metrics."""
-        record, _ = self.step(self.sample_batch(step), prefetch=False)
-        return record
+        return self.step(self.sample_batch(step))
 
     def sample_batch(self, step: int, *, recover: Callable[[], None] | None = None) -> SampledBatch:
         """Draw ``step``'s prompts (with a ticket) and generate and score their groups; ``recover`` brings
         the engines to current weights after one was replaced (default: publish the engines' version)."""
         state, started = self._state(), time.perf_counter()
-        ticket = state.draw(step, max_staleness=max_staleness(self.cfg))
+        ticket = state.draw(step, max_staleness=self._max_staleness())
         prompts = [self.inputs.train_prompts[i] for i in state.cursor.next_batch()]
         groups, timing, rounds = self._sample(ticket, prompts, recover or self._recover_engines)
         return SampledBatch(ticket, groups, timing, rounds, started)
 
-    def step(self, sampled: SampledBatch, *, prefetch: bool) -> tuple[dict[str, Any], SampledBatch | None]:
-        """Train on ``sampled`` and publish the new weights; with ``prefetch``, the engines generate the next
-        step's batch while the ranks train (returned, for the next call)."""
+    def step(self, sampled: SampledBatch, *, ahead: deque[SampledBatch] | None = None) -> dict[str, Any]:
+        """Train on ``sampled`` and publish the new weights; given the queue ``ahead`` (the overlapping
+        modes), the engines meanwhile generate the later steps' batches the schedule admits into it."""
         cfg, state, step = self.cfg, self._state(), sampled.ticket.step
         t_step = time.perf_counter() if sampled.prefetched else sampled.started  # a step's own sampling counts
         epoch = state.cursor.epoch  # before the next batch is drawn
         t_train = time.perf_counter()
-        result = score_batch(sampled.groups, cfg.algo)
+        groups, dropped = drop_stale(sampled.groups, step=step, max_staleness=self._max_staleness())
+        if dropped:
+            logger.warning("step %d: %d group(s) older than sync.max_staleness dropped from the loss", step, dropped)
+        result = score_batch(groups, cfg.algo)
         timing = dict(sampled.timing)
         batch = prepare_train_batch(result, cfg, self.learners, pad_token_id=self._pad_token_id())
         t_prepared = time.perf_counter()
         pending = self.learners.start_train(batch, step)
-        following = self._sample_during(pending, step + 1) if prefetch else None
+        generated = self._sample_ahead(pending, ahead) if ahead is not None else 0
         t_overlap = time.perf_counter()
         train_metrics = pending.result()
         t_trained = time.perf_counter()
@@ -282,12 +290,14 @@ class Controller:
         ranks_busy = sum(v for k, v in train_metrics.items() if k.startswith("timing/learner_"))
         learner_busy = (t_prepared - t_train) + ranks_busy  # the logprob passes, then the update itself
         timing[metric_names.TIMING_TRAINER_IDLE] = max(0.0, 1.0 - learner_busy / timing[metric_names.TIMING_STEP])
-        if following is not None:  # the engines waited for the ranks after generating the next batch
+        if generated:  # the engines waited for the ranks after generating the batches ahead
             timing[metric_names.TIMING_ROLLOUT_IDLE] = (t_trained - t_overlap) / timing[metric_names.TIMING_STEP]
         num_tokens = sum(len(c.token_ids) for g in result.groups for c in g.group.completions)
         record = {
             **result.metrics,
             **staleness_metrics(result.groups, learner_version=step - 1),
+            metric_names.ASYNC_DROPPED_STALE: float(dropped),
+            metric_names.ASYNC_BATCHES_AHEAD: float(generated),
             **{k: v for k, v in train_metrics.items() if k != "consecutive_nonfinite"},
             **timing,
             metric_names.TOKENS_PER_S: num_tokens / max(timing[metric_names.TIMING_ROLLOUT], 1e-9),
@@ -302,13 +312,27 @@ class Controller:
             from grpo_dist.rollout_log import rollout_rows, write_rollouts
 
             write_rollouts(self.run_dir, step, rollout_rows(step, result.groups, result.advantages.tolist()))
-        return record, following
+        return record
+
+    def _sample_ahead(self, pending: PendingTrain, ahead: deque[SampledBatch]) -> int:
+        """While ``pending`` (the update of its step) runs, generate into ``ahead`` every later batch the
+        schedule admits (``grpo_dist.async_schedule``); returns how many. ``sync`` mode (bound 0) and a
+        checkpoint step admit none."""
+        step, bound = pending.step, self._max_staleness()
+        horizon = generation_horizon(step, max_staleness=bound, barrier=self._next_barrier(step))
+        generated = 0
+        while (target := step + len(ahead) + 1) <= horizon and admits(
+            target, engine_version=self._state().weights_version, max_staleness=bound
+        ):
+            ahead.append(self._sample_during(pending, target))
+            generated += 1
+        return generated
 
     def _sample_during(self, pending: PendingTrain, step: int) -> SampledBatch:
-        """``step``'s batch, generated while the ranks run ``pending`` (the update of ``step - 1``).
+        """``step``'s batch, generated while the ranks run ``pending`` (an earlier step's update).
 
         An engine replaced meanwhile must get weights, and the ranks can only publish once their update is
-        done: the recovery waits for it and publishes version ``step - 1`` to every engine (newer than the
+        done: the recovery waits for it and publishes version ``pending.step`` to every engine (newer than the
         rest of the batch's, within the bound). A fault the pools cannot repair also waits for the update,
         so that the abort checkpoint holds the weights it names."""
 
@@ -472,28 +496,3 @@ class Controller:
         out = self.evaluate(step)
         self._part("metrics").log(step, out)
         return out
-
-
-def prepare_train_batch(scored: ScoredBatch, cfg: Config, learners: Any, *, pad_token_id: int) -> Any:
-    """The learner's batch for a step: collated, with the old logprobs recomputed where the PPO anchor needs
-    them (several optimizer steps, not bypassed) and the reference logprobs where the KL term needs them."""
-    from grpo_dist.learner.batch import collate
-
-    batch = collate(scored.groups, scored.advantages.flatten().float(), pad_token_id=pad_token_id)
-    optimizer_steps = cfg.learner.ppo_epochs * (cfg.data.train_batch_size // cfg.learner.mini_batch_size)
-    updates: dict[str, Any] = {}
-    if cfg.learner.recompute_old_logprobs and not cfg.algo.rollout_correction.bypass and optimizer_steps > 1:
-        updates["old_logprobs"] = learners.compute_logprobs(batch)
-    if cfg.algo.kl_coef > 0:
-        updates["ref_logprobs"] = learners.compute_logprobs(batch, reference=True)
-    return replace(batch, **updates) if updates else batch
-
-
-def check_nonfinite(step: int, train_metrics: dict[str, float], max_steps: int) -> None:
-    """Abort once ``max_steps`` consecutive steps had their update skipped for a non-finite loss/gradient."""
-    run = int(train_metrics.get("consecutive_nonfinite", 0))
-    if run >= max_steps:
-        raise TrainingAborted(
-            f"step {step}: the loss or gradient was non-finite in {run} consecutive steps, each update skipped "
-            f"(learner.max_nonfinite_steps = {max_steps}); lower learner.lr or check the rewards and data"
-        )

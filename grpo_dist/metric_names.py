@@ -86,7 +86,7 @@ TIMING_EVAL = "timing/eval_s"
 TIMING_TRAINER_IDLE = "timing/trainer_idle_ratio"
 """Share of the step the learner ranks did not compute (logprob passes and the update are their work)."""
 TIMING_ROLLOUT_IDLE = "timing/rollout_idle_ratio"
-"""``one_step_off``: share of the step the engines, done with the next batch, waited for the ranks."""
+"""Overlapping modes: share of the step the engines, done with the batches ahead, waited for the ranks."""
 STEP_PHASES = (("rollout", TIMING_ROLLOUT), ("reward", TIMING_REWARD), ("train", TIMING_TRAIN), ("sync", TIMING_SYNC))
 """The phases of a training step in the order they run, each with its seconds' metric."""
 
@@ -95,6 +95,11 @@ STEP_PHASES = (("rollout", TIMING_ROLLOUT), ("reward", TIMING_REWARD), ("train",
 ASYNC_STALENESS_MEAN = "async/staleness_mean"
 """Mean over the step's groups of the learner's version minus the version the group was generated with."""
 ASYNC_STALENESS_MAX = "async/staleness_max"
+ASYNC_DROPPED_STALE = "async/dropped_stale"
+"""Groups of the step older than ``sync.max_staleness`` and masked out of the loss (0 unless the schedule
+that admits batches is broken: it is the hard stop behind it)."""
+ASYNC_BATCHES_AHEAD = "async/batches_ahead"
+"""Batches generated during the step's update (for steps after it)."""
 
 # --------------------------------------------------------------------------------------------------- eval
 

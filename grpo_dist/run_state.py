@@ -4,13 +4,15 @@ holds (with the config it was written under).
 A step's batch is drawn with a ``BatchTicket`` (its step, the cursor before the draw, the version floor of
 its requests); the ticket is *in flight* until the learner has trained on the batch. With
 ``trainer.async_mode = one_step_off`` two tickets can be in flight (the batch being trained on and the
-next one being generated). Whatever is in flight at a fault or a checkpoint is put back: the cursor a
-checkpoint records, and the one ``rewind`` restores, is the one before the oldest ticket in flight, so a
-resumed run draws those prompts again, none skipped or repeated.
+next one being generated), in ``async`` up to ``sync.max_staleness + 1``. Whatever is in flight at a
+fault or a checkpoint is put back: the cursor a checkpoint records, and the one ``rewind`` restores, is
+the one before the oldest ticket in flight, so a resumed run draws those prompts again, none skipped or
+repeated.
 
 A step changes the state in one order: ``draw`` when the batch is drawn, ``trained`` when the learner
-holds the step's update, ``weights_version`` when every engine holds those weights (in ``one_step_off`` an
-engine replaced during the update gets those weights as soon as it lands, before ``trained`` is recorded).
+holds the step's update, ``weights_version`` when every engine holds those weights (in the overlapping
+modes an engine replaced during the update gets those weights as soon as it lands, before ``trained`` is
+recorded).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grpo_dist.async_schedule import version_floor
 from grpo_dist.data.cursor import PromptCursor
 
 CONTROLLER_STATE = "controller.json"
@@ -58,7 +61,7 @@ class RunState:
 
         Its floor lets a sample be generated with weights up to ``max_staleness`` versions older than the
         learner's when it trains on them (the learner then holds version ``step - 1``)."""
-        ticket = BatchTicket(step, self.cursor.state_dict(), max(0, step - 1 - max_staleness))
+        ticket = BatchTicket(step, self.cursor.state_dict(), version_floor(step, max_staleness))
         self.in_flight.append(ticket)
         return ticket
 

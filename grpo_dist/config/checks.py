@@ -94,36 +94,39 @@ def cross_field_errors(cfg: Config) -> list[str]:
     return errors
 
 
-STALENESS_OF_MODE = {"sync": 0, "one_step_off": 1}
-"""The staleness each implemented ``trainer.async_mode`` produces: ``sync.max_staleness`` must equal it."""
+STALENESS_OF_MODE = {"sync": 0, "one_step_off": 1, "async": 1}
+"""The staleness bound of each ``trainer.async_mode`` when ``sync.max_staleness`` is unset. ``sync`` and
+``one_step_off`` produce exactly theirs and accept no other; ``async`` takes any bound."""
+
+FIXED_STALENESS_MODES = ("sync", "one_step_off")
 
 
 def max_staleness(cfg: Config) -> int:
     """The run's staleness bound: ``sync.max_staleness``, or its mode's when unset."""
     if cfg.sync.max_staleness is not None:
         return cfg.sync.max_staleness
-    return STALENESS_OF_MODE.get(cfg.trainer.async_mode, 0)
+    return STALENESS_OF_MODE[cfg.trainer.async_mode]
 
 
 def _async_errors(cfg: Config) -> list[str]:
     mode, rc = cfg.trainer.async_mode, cfg.algo.rollout_correction
-    if mode not in STALENESS_OF_MODE:
-        return [
-            f"trainer.async_mode = {mode!r} is not implemented yet (a staleness bound beyond one step, partial "
-            "rollouts); use 'one_step_off' to overlap the next rollout with training, or 'sync'"
-        ]
     errors = []
     bound = cfg.sync.max_staleness
-    if bound is not None and bound != STALENESS_OF_MODE[mode]:
+    if bound is not None and mode in FIXED_STALENESS_MODES and bound != STALENESS_OF_MODE[mode]:
         errors.append(
-            f"sync.max_staleness = {bound} with trainer.async_mode = {mode!r}, whose samples are at most "
-            f"{STALENESS_OF_MODE[mode]} version(s) behind the learner: the bound would never act; leave it unset "
-            "(other bounds need async_mode = 'async', not implemented yet)"
+            f"sync.max_staleness = {bound} with trainer.async_mode = {mode!r}, whose samples are exactly "
+            f"{STALENESS_OF_MODE[mode]} version(s) behind the learner: the bound would never act; leave it unset, "
+            "or set trainer.async_mode = 'async' to choose the bound"
         )
-    if mode == "one_step_off" and rc.mode == "none" and not rc.bypass:
+    elif max_staleness(cfg) > 0 and rc.mode == "none" and not rc.bypass:
         errors.append(
-            "trainer.async_mode = 'one_step_off' trains on samples one weight version old: their importance "
-            "ratio must be corrected, so algo.rollout_correction.mode must not be 'none' (or set "
+            f"trainer.async_mode = {mode!r} trains on samples up to {max_staleness(cfg)} weight version(s) old: "
+            "their importance ratio must be corrected, so algo.rollout_correction.mode must not be 'none' (or set "
             "algo.rollout_correction.bypass = true to make the engine's logprobs the PPO anchor)"
+        )
+    if cfg.rollout.partial_rollout != "off":
+        errors.append(
+            f"rollout.partial_rollout = {cfg.rollout.partial_rollout!r} is not implemented yet: a weight update "
+            "waits for the engines to finish their batch; use 'off'"
         )
     return errors

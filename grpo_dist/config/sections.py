@@ -81,6 +81,10 @@ class RolloutConfig(Section):
     chunks_per_engine: int = Field(2, ge=1)
     """Each engine's share of a batch is sent as this many requests, so that reward workers score the
     first groups while the engine generates the rest."""
+    partial_rollout: Literal["off", "resume"] = "off"
+    """What happens to requests in flight at a weight update. ``off``: an update waits until the engines
+    are between batches. ``resume`` (abort, then continue under the new weights from the tokens so far)
+    is not implemented yet and is refused."""
 
 
 class RewardFunctionConfig(Section):
@@ -204,10 +208,11 @@ class SyncConfig(Section):
     """Deadline for one whole sync; a stalled engine is named in the error."""
     max_staleness: int | None = Field(None, ge=0)
     """The most weight versions a sample may lag behind the learner that trains on it: the version floor
-    every rollout request carries (an engine below it refuses the request). None: the mode's own, 0 for
-    ``trainer.async_mode = sync`` (every sample from the latest weights) and 1 for ``one_step_off`` (the
-    next batch is generated while the learner trains on this one). Other values are refused until
-    ``async`` mode, where the bound is a choice, lands."""
+    every rollout request carries (an engine below it refuses the request), how far ``async`` mode lets the
+    rollout run ahead of the learner (admission control), and the limit past which a sample is dropped
+    before training (``async/dropped_stale``). None: the mode's own, 0 for ``trainer.async_mode = sync``, 1
+    for ``one_step_off`` and for ``async``. ``sync`` and ``one_step_off`` refuse any other value; in
+    ``async`` it is the choice of the mode (0 reproduces ``sync``)."""
     verify: bool = True
     """Compare a checksum of the engines' weights with the learner's after each sync."""
     probe_every: int = Field(1, ge=0)
@@ -242,10 +247,11 @@ class TrainerConfig(Section):
     async_mode: Literal["sync", "one_step_off", "async"] = "sync"
     """``sync``: rollout, rewards, train, weight sync, one after the other. ``one_step_off``: the engines
     generate (and the reward workers score) the next step's batch while the learner trains on this one,
-    with the weights one version older; the off-policy gap is corrected by ``algo.rollout_correction``
-    (which must be on, or ``bypass``). A step that writes a checkpoint waits for nothing in flight (a
-    barrier), so a resumed run continues exactly. ``async`` (a staleness bound beyond one step, partial
-    rollouts) is not implemented yet and is refused."""
+    with the weights one version older. ``async``: the rollout runs up to ``sync.max_staleness`` steps ahead
+    of the learner (each step's update overlaps the generation of every batch the bound admits). The
+    off-policy gap is corrected by ``algo.rollout_correction`` (which must be on, or ``bypass``, whenever
+    the bound is above 0). A step that writes a checkpoint is a barrier: nothing is in flight after it, so a
+    resumed run continues exactly."""
 
 
 class EvalConfig(Section):

@@ -239,12 +239,16 @@ def test_bypass_needs_mode_none_and_wins_over_recompute() -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["trainer.async_mode=async"], "trainer.async_mode = 'async' is not implemented yet"),
+        (["rollout.partial_rollout=resume"], "rollout.partial_rollout = 'resume' is not implemented yet"),
         (["sync.max_staleness=1"], "sync.max_staleness = 1 with trainer.async_mode = 'sync'"),
         (["trainer.async_mode=one_step_off", "sync.max_staleness=3"], "sync.max_staleness = 3 with"),
         (
             ["trainer.async_mode=one_step_off", "algo.rollout_correction.mode=none"],
             "algo.rollout_correction.mode must not be 'none'",
+        ),
+        (
+            ["trainer.async_mode=async", "sync.max_staleness=3", "algo.rollout_correction.mode=none"],
+            "trains on samples up to 3 weight version",
         ),
     ],
 )
@@ -261,6 +265,12 @@ def test_the_staleness_bound_is_the_modes_own_unless_set() -> None:
     bypass = ["trainer.async_mode=one_step_off", "algo.rollout_correction.mode=none"]
     bypass.append("algo.rollout_correction.bypass=true")  # the engine's logprobs as the PPO anchor also correct
     assert max_staleness(parse_config(apply_overrides({}, bypass))) == 1
+    assert max_staleness(parse_config(apply_overrides({}, ["trainer.async_mode=async"]))) == 1
+    # async takes any bound; 0 needs no correction (every sample is from the learner's weights)
+    chosen = ["trainer.async_mode=async", "sync.max_staleness=3"]
+    assert max_staleness(parse_config(apply_overrides({}, chosen))) == 3
+    on_policy = ["trainer.async_mode=async", "sync.max_staleness=0", "algo.rollout_correction.mode=none"]
+    assert max_staleness(parse_config(apply_overrides({}, on_policy))) == 0
 
 
 def test_validate_config_only_skips_the_file_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

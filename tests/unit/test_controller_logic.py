@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from grpo_dist.controller import check_nonfinite
 from grpo_dist.faults import TrainingAborted
 from grpo_dist.scored_batch import rollout_metrics
+from grpo_dist.train_batch import check_nonfinite
 from grpo_dist.types import Completion, Prompt, RolloutGroup, ScoredGroup
 
 

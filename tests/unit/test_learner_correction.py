@@ -11,11 +11,11 @@ import torch
 
 from grpo_dist.algo.rollout_correction import FRAC_CLIPPED, IS_RATIO_MAX, LOGP_DIFF_MAX, LOGP_DIFF_MEAN
 from grpo_dist.config import Config, apply_overrides, parse_config
-from grpo_dist.controller import prepare_train_batch
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.work import MicroBatching, split_step
 from grpo_dist.learner.worker import LearnerWorker
 from grpo_dist.scored_batch import ScoredBatch, score_batch
+from grpo_dist.train_batch import prepare_train_batch
 from grpo_dist.types import Completion, Prompt, RolloutGroup, ScoredGroup
 from tests.unit.fake_engine import FakeEngine
 

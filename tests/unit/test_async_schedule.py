@@ -1,0 +1,303 @@
+"""The async schedule: what it admits, where it stops, and the real ``Controller`` step loop driven over
+hand-written fakes of the engines, reward workers, learner ranks and weight sync (no Ray here).
+
+The fakes observe behaviour, not the controller's bookkeeping: the fake engine writes the weights version it
+generated with into each completion's tokens, and the fake learner reads it back out of the batch it is
+asked to train on, next to its own version. Staleness, prompt order and coverage are measured there.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grpo_dist.async_schedule import admits, drop_stale, generation_horizon, staleness, version_floor
+from grpo_dist.config import apply_overrides, parse_config
+from grpo_dist.controller import Controller
+from grpo_dist.data import PromptCursor
+from grpo_dist.faults import ActorFault, ActorId, TrainingAborted
+from grpo_dist.preflight import RunInputs
+from grpo_dist.run_parts import RunParts
+from grpo_dist.run_state import RunState
+from grpo_dist.types import Completion, Prompt, RolloutGroup, ScoredGroup
+
+PROMPT_BASE, VERSION_BASE = 10, 1000  # token ids that carry a prompt's id and a sample's weights version
+
+
+# ------------------------------------------------------------------------------------------ pure rules
+
+
+def test_the_floor_admission_and_horizon_by_hand() -> None:
+    assert [version_floor(s, 2) for s in (1, 2, 3, 4, 5)] == [0, 0, 0, 1, 2]
+    assert admits(4, engine_version=1, max_staleness=2)
+    assert not admits(5, engine_version=1, max_staleness=2)
+    assert generation_horizon(3, max_staleness=2, barrier=10) == 5
+    assert generation_horizon(3, max_staleness=2, barrier=4) == 4  # never past a checkpoint step
+    assert generation_horizon(4, max_staleness=2, barrier=4) == 4  # a checkpoint step generates nothing ahead
+    assert generation_horizon(3, max_staleness=0, barrier=10) == 3  # sync
+
+
+def _group(version: int, prompt_id: int = 0) -> ScoredGroup:
+    prompt = Prompt(prompt_id=prompt_id, token_ids=[PROMPT_BASE + prompt_id], text="p")
+    completion = Completion([VERSION_BASE + version, 5], [-0.5, -0.5], "stop", "x")
+    return ScoredGroup(
+        RolloutGroup(prompt, [completion, completion], version, 0), [1.0, 0.0], {"r": [1.0, 0.0]}, [True] * 2
+    )
+
+
+def test_drop_stale_masks_only_groups_past_the_bound() -> None:
+    groups = [_group(5), _group(3), _group(2)]  # trained at step 6: the learner holds version 5
+    assert [staleness(g, step=6) for g in groups] == [0, 2, 3]
+    out, dropped = drop_stale(groups, step=6, max_staleness=2)
+    assert dropped == 1
+    assert [g.valid for g in out] == [[True, True], [True, True], [False, False]]
+    assert out[0] is groups[0] and out[1] is groups[1]
+
+
+# --------------------------------------------------------------------------------------- the fake run
+
+
+@dataclass
+class FakeEngines:
+    """Generates each prompt's group with the version it holds (refusing below a request's floor, as a real
+    engine does); the version travels in the completion tokens. ``fail_at``: the n-th ``generate`` call
+    raises the fault a pool raises when it cannot repair an engine."""
+
+    group_size: int
+    version: int = 0
+    calls: int = 0
+    fail_at: int | None = None
+    fault_stats: dict[str, int] = field(default_factory=dict)
+
+    def generate(self, prompts: list[Prompt], spec: Any, *, min_version: int, **_: Any) -> Iterator[list[RolloutGroup]]:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ActorFault("engine 0 died past its budget", actors=[ActorId("rollout", "engine 0")])
+        assert self.version >= min_version, f"engine at version {self.version} asked for >= {min_version}"
+        for i, p in enumerate(prompts):
+            completions = [
+                Completion([VERSION_BASE + self.version, 20 + (p.prompt_id + k) % 3], [-0.1, -0.2], "stop", "")
+                for k in range(self.group_size)
+            ]
+            yield [RolloutGroup(p, completions, self.version, 0, batch_index=i)]
+
+
+@dataclass
+class FakeRewards:
+    submitted: list[RolloutGroup] = field(default_factory=list)
+
+    def submit(self, groups: list[RolloutGroup]) -> None:
+        self.submitted += groups
+
+    def collect(self, timeout_s: float) -> list[ScoredGroup]:
+        out = []
+        for g in self.submitted:
+            rewards = [float(c.token_ids[1] % 2) for c in g.completions]
+            out.append(ScoredGroup(g, rewards, {"exact_match": rewards}, [True] * len(rewards)))
+        self.submitted = []
+        return out
+
+    def drain_failures(self) -> list[Any]:
+        return []
+
+    def fault_stats(self) -> dict[str, int]:
+        return {}
+
+
+@dataclass
+class Trained:
+    step: int
+    learner_version: int
+    prompt_ids: list[int]
+    sample_versions: list[int]
+
+
+class FakePending:
+    def __init__(self, learner: FakeLearners, step: int) -> None:
+        self.step, self._learner = step, learner
+
+    def result(self) -> dict[str, float]:
+        self._learner.version = self.step  # the update has landed
+        return {"consecutive_nonfinite": 0.0, "learner/loss": 0.0}
+
+
+@dataclass
+class FakeLearners:
+    group_size: int
+    version: int = 0
+    log: list[Trained] = field(default_factory=list)
+
+    def start_train(self, batch: Any, step: int) -> FakePending:
+        rows = batch.input_ids.tolist()
+        assert self.version == step - 1, (self.version, step)
+        self.log.append(
+            Trained(
+                step,
+                self.version,
+                [r[0] - PROMPT_BASE for r in rows[:: self.group_size]],
+                [r[1] - VERSION_BASE for r in rows],
+            )
+        )
+        return FakePending(self, step)
+
+    def save_checkpoint(self, path: str) -> None:
+        Path(path).mkdir(parents=True)
+        (Path(path) / "version").write_text(str(self.version))
+
+    def save_hf(self, path: str) -> None:
+        Path(path).mkdir(parents=True)
+
+
+@dataclass
+class FakeSync:
+    engines: FakeEngines
+
+    def connect(self) -> None:
+        pass
+
+    def sync(self, *, version: int) -> dict[str, float]:
+        self.engines.version = version
+        return {"timing/sync_s": 0.0}
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.records: list[tuple[int, dict[str, Any]]] = []
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        self.records.append((step, record))
+
+
+class _Tokenizer:
+    pad_token_id = 0
+
+
+def _controller(run_dir: Path, *, mode: str, bound: int | None, steps: int, save_every: int, batch: int,
+                num_prompts: int, resume_version: int = 0) -> tuple[Controller, list[Trained]]:  # fmt: skip
+    overrides = [
+        f"trainer.async_mode={mode}",
+        f"trainer.total_steps={steps}",
+        f"trainer.save_every={save_every}",
+        f"trainer.output_dir={run_dir}",
+        f"data.train_batch_size={batch}",
+        f"learner.mini_batch_size={batch}",
+        "rollout.num_generations=2",
+        "algo.kl_coef=0.0",
+        "logging.log_rollouts=false",
+    ]
+    if bound is not None:
+        overrides.append(f"sync.max_staleness={bound}")
+    cfg = parse_config(apply_overrides({}, overrides))
+    controller = Controller(cfg, run_dir=run_dir)
+    prompts = [Prompt(prompt_id=i, token_ids=[PROMPT_BASE + i], text=str(i)) for i in range(num_prompts)]
+    inputs = RunInputs(model_path="", tokenizer=_Tokenizer(), train_prompts=prompts, train_stats=None)  # type: ignore[arg-type]
+    engines = FakeEngines(group_size=2, version=resume_version)
+    learners = FakeLearners(group_size=2, version=resume_version)
+    controller.parts = RunParts(
+        cfg,
+        "cpu",
+        inputs,
+        engines,
+        FakeRewards(),
+        learners,
+        FakeSync(engines),
+        FakeMetrics(),  # type: ignore[arg-type]
+    )
+    controller.state = RunState(PromptCursor(num_prompts, batch_size=batch, seed=cfg.trainer.seed))
+    return controller, learners.log
+
+
+def _resume(controller: Controller) -> None:
+    latest = controller.checkpoints.resolve("auto")
+    assert latest is not None
+    controller._state().load(latest)
+
+
+RUNS = st.fixed_dictionaries(
+    {
+        "bound": st.integers(0, 4),
+        "steps": st.integers(1, 9),
+        "save_every": st.integers(0, 5),
+        "batch": st.integers(1, 3),
+        "num_prompts": st.integers(1, 7),
+    }
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(RUNS)
+def test_observed_staleness_never_exceeds_the_bound_and_every_prompt_is_trained_in_order(run: dict[str, int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sync, sync_log = _controller(Path(tmp) / "sync", mode="sync", bound=None, **_shape(run))
+        sync.run()
+        asynchronous, log = _controller(Path(tmp) / "async", mode="async", **run)
+        asynchronous.run()
+    bound = run["bound"]
+    for t in log:
+        lags = [t.learner_version - v for v in t.sample_versions]
+        assert max(lags) <= bound, (t, bound)
+        assert min(lags) >= 0
+    # the same prompts in the same order as the sync run: none skipped, none repeated
+    assert [t.prompt_ids for t in log] == [t.prompt_ids for t in sync_log]
+    assert all(max(t.learner_version - v for v in t.sample_versions) == 0 for t in sync_log)
+    # and the bound is used: a step far enough from the start and from the last checkpoint is that stale
+    barriers = [0] + [s for s in range(1, run["steps"] + 1) if run["save_every"] and s % run["save_every"] == 0]
+    for t in log:
+        since = t.step - 1 - max(b for b in barriers if b < t.step)
+        assert max(t.learner_version - v for v in t.sample_versions) == min(bound, since), t
+
+
+def _shape(run: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in run.items() if k != "bound"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(RUNS, st.integers(2, 12))
+def test_a_fault_with_batches_in_flight_resumes_without_skipping_or_repeating_a_prompt(
+    run: dict[str, int], fail_at: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        whole, whole_log = _controller(Path(tmp) / "whole", mode="async", **run)
+        whole.run()
+        broken, log = _controller(Path(tmp) / "broken", mode="async", **run)
+        broken.engines.fail_at = fail_at
+        if fail_at > whole.engines.calls:
+            return  # the fault would land after the run: nothing to resume
+        with pytest.raises(TrainingAborted, match="engine 0 died"):
+            broken.run()
+        trained = broken._state().trained_step
+        if trained == 0:
+            assert broken.checkpoints.latest_name() is None
+            return
+        resumed, resumed_log = _controller(Path(tmp) / "broken", mode="async", resume_version=trained, **run)
+        _resume(resumed)
+        assert resumed._state().trained_step == trained  # the abort checkpointed every trained step
+        resumed.run()
+    assert [t.prompt_ids for t in log[:trained] + resumed_log] == [t.prompt_ids for t in whole_log]
+
+
+def test_one_step_off_is_async_with_bound_one(tmp_path: Path) -> None:
+    shape = {"steps": 5, "save_every": 0, "batch": 2, "num_prompts": 5}
+    c1, log1 = _controller(tmp_path / "b", mode="one_step_off", bound=None, **shape)
+    c1.run()
+    c2, log2 = _controller(tmp_path / "c", mode="async", bound=1, **shape)
+    c2.run()
+    assert [(t.prompt_ids, t.sample_versions) for t in log1] == [(t.prompt_ids, t.sample_versions) for t in log2]
+    assert [max(t.learner_version - v for v in t.sample_versions) for t in log1] == [0, 1, 1, 1, 1]
+
+
+def test_the_step_record_counts_batches_ahead_and_drops(tmp_path: Path) -> None:
+    controller, _ = _controller(tmp_path, mode="async", bound=2, steps=4, save_every=0, batch=1, num_prompts=4)
+    controller.run()
+    records = dict(controller._part("metrics").records)
+    assert [records[s]["async/batches_ahead"] for s in (1, 2, 3, 4)] == [2.0, 1.0, 0.0, 0.0]
+    assert [records[s]["async/staleness_max"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 2.0, 2.0]
+    assert all(records[s]["async/dropped_stale"] == 0.0 for s in records)
+    assert all("timing/rollout_idle_ratio" in records[s] for s in (1, 2))
