@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from grpo_dist.bench.async_modes import bench_async
 from grpo_dist.bench.common import Settings, bench_config, settings_for
 from grpo_dist.bench.e2e import bench_e2e
 from grpo_dist.bench.learner import bench_learner
@@ -39,6 +40,7 @@ RUNNERS: dict[str, Callable[[Settings], tuple[dict[str, Any], list[dict[str, Any
     "learner": bench_learner,
     "sync": bench_sync,
     "e2e": bench_e2e,
+    "async": bench_async,
     "trl": bench_trl,
     "packing": bench_packing,
     "trl-real": bench_trl_real,

@@ -65,6 +65,12 @@ class Settings:
     e2e_warmup_steps: int = 1
     e2e_steps: int = 3
     e2e_natural: bool = True  # also the natural (EOS) mode on the embedded task
+    # async: steps per mode and layout; the controller's overhead with canned engines
+    async_warmup_steps: int = 2
+    async_steps: int = 6
+    overhead_engines: tuple[int, ...] = (1, 4, 16, 64)
+    overhead_prompts_per_engine: int = 4
+    overhead_steps: int = 3
     # against TRL's GRPOTrainer (the e2e workload, in TRL's own venv)
     trl_models: tuple[str, ...] = ("small",)
     trl_dtypes: tuple[str, ...] = ("float32", "bfloat16")
@@ -89,6 +95,7 @@ def settings_for(quick: bool, *, models: Sequence[str] | None = None, reps: int 
             sync_models=("small",),
             e2e_models=("small",),
             e2e_steps=2,
+            async_steps=4,
         )
     else:
         s = Settings(

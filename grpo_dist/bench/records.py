@@ -20,7 +20,7 @@ from typing import Any
 from grpo_dist.embedded import cache_root
 
 SCHEMA = "grpo-dist-bench/1"
-BENCHMARKS = ("rollout", "learner", "sync", "e2e", "trl", "packing", "trl-real")
+BENCHMARKS = ("rollout", "learner", "sync", "e2e", "async", "trl", "packing", "trl-real")
 TARGETS = (*BENCHMARKS, "all")
 TABLE_START = "<!-- bench-table:start -->"
 TABLE_END = "<!-- bench-table:end -->"
@@ -362,6 +362,8 @@ def is_headline(f: dict[str, Any]) -> bool:
         return "ZeRO-2" in name and str(f.get("bound_name", "")).startswith("the raw transfer")
     if bench == "e2e":
         return not name.startswith("phase:")
+    if bench == "async":
+        return not name.startswith("controller:") or name.endswith(" 64 engines")
     return True
 
 
