@@ -1,6 +1,8 @@
 """Faults survived, on real actors: an engine SIGKILLed mid-step is replaced and the step's result equals
 the fault-free one; an engine that keeps dying stops the run with a resumable checkpoint and no leaked
-resources; a learner rank SIGKILLed stops the run cleanly and ``trainer.resume=auto`` continues."""
+resources; a learner rank SIGKILLed stops the run cleanly and ``trainer.resume=auto`` continues. The
+reward-worker fault runs in ``async`` mode, and a second learner-rank fault too, with batches in flight
+when the fault lands (the engine faults of the overlapping modes are in ``test_async_modes``)."""
 
 from __future__ import annotations
 
@@ -171,7 +173,13 @@ def test_reward_worker_past_the_restart_budget_stops_the_run_resumably(
     local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
     """A reward worker that dies with its role's restart budget spent ends the run like every other fault: a
-    checkpoint of the last trained step, and a message naming the worker, the budget and how to resume."""
+    checkpoint of the last trained step, and a message naming the worker, the budget and how to resume.
+
+    In ``async`` mode with a bound of 2, the death lands while step 2's batch is scored during step 1's
+    update, with step 3's batch still to come: the update lands, the checkpoint holds it, and the batches in
+    flight are put back (the checkpoint's cursor is right after step 1's prompts)."""
+    import json
+
     from grpo_dist.checkpoint import CheckpointManager
     from grpo_dist.controller import Controller
     from grpo_dist.faults import ActorFault, TrainingAborted
@@ -182,7 +190,9 @@ def test_reward_worker_past_the_restart_budget_stops_the_run_resumably(
             tiny_assets,
             tmp_path / "run",
             trigger,
-            "trainer.total_steps=3",
+            "trainer.total_steps=4",
+            "trainer.async_mode=async",
+            "sync.max_staleness=2",
             "reward.num_workers=1",
             "reward.max_worker_restarts=0",
             after_calls=EVAL_CALLS + SAMPLES_PER_STEP,
@@ -193,7 +203,7 @@ def test_reward_worker_past_the_restart_budget_stops_the_run_resumably(
         trigger.write_text(str(controller.rewards.worker_pids[0]))
         with pytest.raises(
             TrainingAborted,
-            match=r"step 2: reward worker 0 \(pid \d+\) died .*not replaced: the reward role's restart budget is"
+            match=r"step \d: reward worker 0 \(pid \d+\) died .*not replaced: the reward role's restart budget is"
             r" spent \(reward\.max_worker_restarts = 0, 0 used\)",
         ) as info:
             controller.run()
@@ -202,11 +212,54 @@ def test_reward_worker_past_the_restart_budget_stops_the_run_resumably(
     assert isinstance(info.value.__cause__, ActorFault)
     assert [(a.role, a.name) for a in info.value.__cause__.actors] == [("reward", "reward worker 0")]
     assert "step_000001: continue with trainer.resume=auto" in str(info.value)
-    assert CheckpointManager(tmp_path / "run" / "checkpoints").resolve("auto") == (
-        tmp_path / "run" / "checkpoints" / "step_000001"
-    )
+    latest = CheckpointManager(tmp_path / "run" / "checkpoints").resolve("auto")
+    assert latest == tmp_path / "run" / "checkpoints" / "step_000001"
+    cursor = json.loads((latest / "controller.json").read_text())["cursor"]
+    assert (cursor["epoch"], cursor["position"]) == (0, BATCH)  # step 2's and 3's prompts go back
     free, total = _wait_all_cpus_free()
     assert free == total, f"{total - free} CPUs still held after the run stopped"
+
+
+def test_learner_rank_killed_with_batches_in_flight_then_resume(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
+) -> None:
+    """``async`` (bound 2, a checkpoint at step 2): rank 1 is killed while step 4's batch is scored, during
+    step 3's update (or just after it, if the update is quicker: the death then surfaces at step 4). The run
+    stops (ZeRO state cannot be rebuilt) and resumes from step 2, which left nothing in flight; what came
+    after it is trained again, with the same staleness, and each step is logged once."""
+    from grpo_dist.controller import Controller
+    from grpo_dist.faults import TrainingAborted
+    from grpo_dist.metrics import read_metrics
+
+    def cfg(trigger: Path, *extra: str) -> Any:
+        return _cfg(tiny_assets, tmp_path / "run", trigger, "trainer.total_steps=4", "trainer.save_every=2",
+                    "trainer.async_mode=async", "sync.max_staleness=2", "data.eval_files=[]", *extra,
+                    after_calls=3 * SAMPLES_PER_STEP)  # fmt: skip
+
+    trigger = tmp_path / "run.trigger"
+    controller = Controller(cfg(trigger))
+    try:
+        controller.start()
+        trigger.write_text(str(_pid(controller.learners.actors[1])))
+        with pytest.raises(
+            TrainingAborted, match=r"step [34]: learner rank 1 died; ZeRO state cannot be rebuilt"
+        ) as info:
+            controller.run()
+    finally:
+        controller.shutdown()
+    assert "step_000002: continue with trainer.resume=auto" in str(info.value)
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "reward/mean" in m] in ([1, 2], [1, 2, 3])
+
+    resumed = Controller(cfg(tmp_path / "unused.trigger", "trainer.resume=auto"))
+    try:
+        resumed.start()
+        assert resumed.state.next_step == 3
+        resumed.run()
+    finally:
+        resumed.shutdown()
+    records = [m for m in read_metrics(tmp_path / "run") if "reward/mean" in m]
+    assert [m["step"] for m in records] == [1, 2, 3, 4]
+    assert [m["async/staleness_max"] for m in records] == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_learner_rank_killed_then_resume(local_ray: None, tiny_assets: dict[str, str], tmp_path: Path) -> None:
