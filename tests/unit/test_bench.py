@@ -473,3 +473,20 @@ def test_memory_sampler_sees_another_process_allocate_and_its_peak() -> None:
     assert sampler.peak_added_mb > 300
     assert peak is not None and peak > 400
     assert peak_rss_mb(child.pid) is None  # gone
+
+
+def test_async_phases_are_medians_of_the_steady_steps() -> None:
+    from grpo_dist.bench.async_modes import phases, steady
+
+    def rec(step: float, rollout: float, idle: float) -> dict[str, float]:
+        return {"timing/step_s": step, "timing/rollout_s": rollout, "timing/reward_s": 0.1,
+                "timing/trainer_idle_ratio": idle, "timing/sync_s": 0.05}  # fmt: skip
+
+    records = [rec(9.0, 9.0, 0.0), rec(1.0, 0.4, 0.5), rec(2.0, 0.6, 0.25), rec(1.2, 0.5, 0.5), rec(9.0, 0.1, 0.9)]
+    kept = steady(records, warmup=1)  # not the first (its own sampling) nor the last (a checkpoint barrier)
+    assert kept == records[1:4]
+    ph = phases(kept)
+    assert ph["step"] == 1.2
+    assert ph["rollout"] == pytest.approx(0.6)  # 0.5 + 0.1, the median of 0.5, 0.7, 0.6
+    assert ph["train"] == pytest.approx(0.6)  # the ranks' busy time: 0.5, 1.5, 0.6
+    assert steady(records[:2], warmup=2) == records[1:2]  # too few steps: the last one rather than none
