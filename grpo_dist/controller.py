@@ -19,10 +19,12 @@
  WeightSync.sync ── bucketed, checksummed, probed, with a deadline ──► every engine at version = step
 ```
 
-The run's parts are built by ``grpo_dist.run_parts.build_run`` after ``grpo_dist.preflight`` checked its
-inputs; where the run stands is one ``RunState``, which is also what a checkpoint records. Each phase is
-timed (``timing/*_s``); each step's metrics go to ``metrics.jsonl``, TensorBoard and the terminal, and
-every completion to ``rollouts/``. A fault the pools cannot repair (``ActorFault``, a deadline) ends the
+In the overlapping modes (``trainer.async_mode``) the engines generate later steps' batches while the ranks
+train; ``grpo_dist.async_schedule`` says which, and with what weights. The run's parts are built by
+``grpo_dist.run_parts.build_run`` after ``grpo_dist.preflight`` checked its inputs; where the run stands
+is one ``RunState``, which is also what a checkpoint records. Each phase is timed (``timing/*_s``); each
+step's metrics go to ``metrics.jsonl``, TensorBoard and the terminal, and every completion to
+``rollouts/``. A fault the pools cannot repair (``ActorFault``, a deadline) ends the
 run the same way whatever its role: a checkpoint of the last trained step where the learner's state
 allows one, then ``TrainingAborted`` saying how to resume.
 """
@@ -201,7 +203,7 @@ class Controller:
                 self.save_checkpoint(state.trained_step)
         except (ActorFault, TimeoutError, OSError, RuntimeError, ValueError) as save_exc:  # never mask the first
             logger.error("step %d: could not write a checkpoint after the fault: %s", step, save_exc)
-        # a fault in the next batch's rollout (one_step_off) names its own step
+        # a fault in a later batch's rollout (the overlapping modes) names its own step
         what = str(exc) if re.match(r"(rollout of )?step \d+", str(exc)) else f"step {step}: {exc}"
         return TrainingAborted(f"{what}. {self._resume_hint()}")
 

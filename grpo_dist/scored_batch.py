@@ -40,7 +40,7 @@ class SampledBatch:
     started: float
     """``time.perf_counter()`` when its sampling began."""
     prefetched: bool = False
-    """Generated during the previous step (``one_step_off``): its sampling is not this step's time."""
+    """Generated during an earlier step (the overlapping modes): its sampling is not this step's time."""
 
 
 @dataclass
@@ -107,7 +107,7 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
 
 def staleness_metrics(groups: list[ScoredGroup], *, learner_version: int) -> dict[str, float]:
     """How many versions behind ``learner_version`` (the weights the learner updates) the groups were
-    generated: 0 in ``sync`` mode, up to 1 in ``one_step_off``."""
+    generated: 0 in ``sync`` mode, up to 1 in ``one_step_off``, up to ``sync.max_staleness`` in ``async``."""
     lags = [learner_version - g.group.weights_version for g in groups]
     return {
         metric_names.ASYNC_STALENESS_MEAN: sum(lags) / len(lags),
