@@ -440,8 +440,8 @@ if [ "$1" = train ]; then
     exec "$REAL_PYTHON" -c '
 import os, pathlib, time
 log = pathlib.Path(os.environ["FAKE_LOG"])
-(log / "train_running").touch()
-try:
+try:  # the marker inside the try: a SIGINT right after it still lands in the handler
+    (log / "train_running").touch()
     time.sleep(60)
 except KeyboardInterrupt:
     (log / "train_signal").touch()
