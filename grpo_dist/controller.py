@@ -36,7 +36,6 @@ import re
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +69,8 @@ class Controller:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.trainer.keep_last)
         self.parts: RunParts | None = None
         self.state: RunState | None = None
+        self._update_in_flight: PendingTrain | None = None
+        """The learner update the engines are generating alongside (the overlapping modes), if any."""
 
     def __enter__(self) -> Controller:
         return self
@@ -213,11 +214,19 @@ class Controller:
             return "No checkpoint was written yet: the run must start again."
         return f"The latest checkpoint is {name}: continue with trainer.resume=auto."
 
-    def _recover_engines(self, version: int | None = None) -> None:
-        """After an engine was replaced: a new sync group, and the learner's weights into every engine, as
-        ``version`` (default: the version the engines hold, i.e. the learner has not moved since)."""
-        state = self._state()
-        version = state.weights_version if version is None else version
+    def _recover_engines(self) -> None:
+        """The controller's step after the pool replaced an engine mid-rollout: a new sync group, and the
+        learner's latest weights into every engine before the lost prompts go out again. During an
+        overlapped update those are the update's: the recovery waits for it and publishes its version (newer
+        than the rest of the batch's, within the bound). A run without a learner (evaluation) has nothing
+        newer than what the replacement loaded."""
+        if self.parts is None or self.parts.weight_sync is None:
+            return
+        state, pending = self._state(), self._update_in_flight
+        version = state.weights_version
+        if pending is not None:
+            pending.result()
+            version = pending.step
         self.weight_sync.connect()
         self.weight_sync.sync(version=version)
         state.weights_version = version
@@ -253,13 +262,12 @@ class Controller:
         """One synchronous step: sample, score, train, publish; returns the step's metrics."""
         return self.step(self.sample_batch(step))
 
-    def sample_batch(self, step: int, *, recover: Callable[[], None] | None = None) -> SampledBatch:
-        """Draw ``step``'s prompts (with a ticket) and generate and score their groups; ``recover`` brings
-        the engines to current weights after one was replaced (default: publish the engines' version)."""
+    def sample_batch(self, step: int) -> SampledBatch:
+        """Draw ``step``'s prompts (with a ticket) and generate and score their groups."""
         state, started = self._state(), time.perf_counter()
         ticket = state.draw(step, max_staleness=self._max_staleness())
         prompts = [self.inputs.train_prompts[i] for i in state.cursor.next_batch()]
-        groups, timing, rounds = self._sample(ticket, prompts, recover or self._recover_engines)
+        groups, timing, rounds = self._sample(ticket, prompts)
         return SampledBatch(ticket, groups, timing, rounds, started)
 
     def step(self, sampled: SampledBatch, *, ahead: deque[SampledBatch] | None = None) -> dict[str, Any]:
@@ -277,7 +285,11 @@ class Controller:
         batch = prepare_train_batch(result, cfg, self.learners, pad_token_id=self._pad_token_id())
         t_prepared = time.perf_counter()
         pending = self.learners.start_train(batch, step)
-        generated = self._sample_ahead(pending, ahead) if ahead is not None else 0
+        self._update_in_flight = pending
+        try:
+            generated = self._sample_ahead(pending, ahead) if ahead is not None else 0
+        finally:
+            self._update_in_flight = None
         t_overlap = time.perf_counter()
         train_metrics = pending.result()
         t_trained = time.perf_counter()
@@ -331,19 +343,11 @@ class Controller:
         return generated
 
     def _sample_during(self, pending: PendingTrain, step: int) -> SampledBatch:
-        """``step``'s batch, generated while the ranks run ``pending`` (an earlier step's update).
-
-        An engine replaced meanwhile must get weights, and the ranks can only publish once their update is
-        done: the recovery waits for it and publishes version ``pending.step`` to every engine (newer than the
-        rest of the batch's, within the bound). A fault the pools cannot repair also waits for the update,
-        so that the abort checkpoint holds the weights it names."""
-
-        def recover() -> None:
-            pending.result()
-            self._recover_engines(version=pending.step)
-
+        """``step``'s batch, generated while the ranks run ``pending`` (an earlier step's update). A fault
+        the pools cannot repair waits for the update, so that the abort checkpoint holds the weights it
+        names."""
         try:
-            return replace(self.sample_batch(step, recover=recover), prefetched=True)
+            return replace(self.sample_batch(step), prefetched=True)
         except (ActorFault, TimeoutError):
             self._finish_before_abort(pending)
             raise
@@ -364,33 +368,21 @@ class Controller:
     # ---------------------------------------------------------------------------------------------- phases
 
     def _generate_and_score(
-        self, ticket: BatchTicket, prompts: list[Prompt], stream: str, recover: Callable[[], None]
+        self, ticket: BatchTicket, prompts: list[Prompt], stream: str
     ) -> tuple[list[ScoredGroup], float, float]:
         """Rollout with rewards scored as groups arrive; returns groups in prompt order and phase times."""
-        from grpo_dist.rollout.engine import SamplingSpec
+        from grpo_dist.rollout.specs import train_spec
 
-        r = self.cfg.rollout
-        spec = SamplingSpec(
-            n=r.num_generations,
-            max_tokens=self.cfg.data.max_response_length,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            stop=tuple(r.stop),
-            ignore_eos=r.ignore_eos,
-        )
-        step = ticket.step
-        t0 = time.perf_counter()
-        for groups in self.engines.generate(
+        r, step, t0 = self.cfg.rollout, ticket.step, time.perf_counter()
+        for item in self.engines.generate(
             prompts,
-            spec,
+            train_spec(self.cfg),
             step=step,
             stream=stream,
             min_version=ticket.min_version,
             chunks_per_engine=r.chunks_per_engine,
-            recover=recover,
         ):
-            self.rewards.submit(groups)
+            self._take(item)
         t_rollout = time.perf_counter() - t0
         scored = self._collect_in_order(step, prompts)
         t_reward = time.perf_counter() - t0 - t_rollout
@@ -402,20 +394,18 @@ class Controller:
                 )
         return scored, t_rollout, t_reward
 
-    def _sample(
-        self, ticket: BatchTicket, prompts: list[Prompt], recover: Callable[[], None]
-    ) -> tuple[list[ScoredGroup], dict[str, float], int]:
+    def _sample(self, ticket: BatchTicket, prompts: list[Prompt]) -> tuple[list[ScoredGroup], dict[str, float], int]:
         """One rollout round, or with DAPO dynamic sampling as many as needed (bounded) to fill the batch
         with groups whose rewards differ."""
         a = self.cfg.algo
-        groups, t_rollout, t_reward = self._generate_and_score(ticket, prompts, "train", recover)
+        groups, t_rollout, t_reward = self._generate_and_score(ticket, prompts, "train")
         rounds = 1
         if a.dynamic_sampling:
             keep, dropped = split_by_signal(groups)
             train_prompts = self.inputs.train_prompts
             while len(keep) < len(prompts) and rounds < a.max_sampling_rounds:
                 extra = [train_prompts[i] for i in self._state().cursor.take(len(prompts) - len(keep))]
-                more, tr, tw = self._generate_and_score(ticket, extra, f"train-round{rounds}", recover)
+                more, tr, tw = self._generate_and_score(ticket, extra, f"train-round{rounds}")
                 t_rollout, t_reward, rounds = t_rollout + tr, t_reward + tw, rounds + 1
                 more_keep, more_dropped = split_by_signal(more)
                 keep += more_keep
@@ -428,29 +418,21 @@ class Controller:
 
     def evaluate(self, step: int, *, log_name: str = "eval_greedy") -> dict[str, float]:
         """pass@1 greedy, pass@1 over samples and pass@k on the held-out prompts, with the engines."""
-        from grpo_dist.evaluation import eval_metrics
-        from grpo_dist.rollout.engine import SamplingSpec
+        from grpo_dist.evaluation import correctness_key, eval_metrics
+        from grpo_dist.rollout.specs import eval_specs
 
-        e, d = self.cfg.eval, self.cfg.data
         eval_prompts = self.inputs.eval_prompts
         if not eval_prompts:
             raise ValueError("no held-out prompts to evaluate: set data.eval_files")
         t0 = time.perf_counter()
-        sampled_spec = SamplingSpec(
-            n=e.num_samples,
-            max_tokens=d.max_response_length,
-            temperature=e.temperature,
-            stop=tuple(self.cfg.rollout.stop),
-        )
-        greedy_spec = SamplingSpec(
-            n=1, max_tokens=d.max_response_length, greedy=True, stop=tuple(self.cfg.rollout.stop)
-        )
+        sampled_spec, greedy_spec = eval_specs(self.cfg)
         sampled = self._score_all(step, eval_prompts, sampled_spec, "eval")
         greedy = self._score_all(step, eval_prompts, greedy_spec, "eval-greedy")
+        key = correctness_key(self.cfg.reward.functions)
         out = eval_metrics(
-            [[r > 0.5 for r in s.components[self._correctness_key()]] for s in sampled],
-            e.k_values,
-            greedy=[s.components[self._correctness_key()][0] > 0.5 for s in greedy],
+            [[r > 0.5 for r in s.components[key]] for s in sampled],
+            self.cfg.eval.k_values,
+            greedy=[s.components[key][0] > 0.5 for s in greedy],
         )
         out[metric_names.TIMING_EVAL] = time.perf_counter() - t0
         if self.cfg.logging.log_rollouts:
@@ -460,18 +442,19 @@ class Controller:
             write_rollouts(self.run_dir, step, rollout_rows(step, greedy, zeros), name=log_name)
         return out
 
-    def _correctness_key(self) -> str:
-        """The reward component that says whether an answer is right (the first exact_match)."""
-        for f in self.cfg.reward.functions:
-            if f.path is None and f.name == "exact_match":
-                return f.name
-        return self.cfg.reward.functions[0].name
-
     def _score_all(self, step: int, prompts: list[Prompt], spec: Any, stream: str) -> list[ScoredGroup]:
-        recover = self._recover_engines if self.parts is not None and self.parts.weight_sync is not None else None
-        for groups in self.engines.generate(prompts, spec, step=step, stream=stream, min_version=step, recover=recover):
-            self.rewards.submit(groups)
+        for item in self.engines.generate(prompts, spec, step=step, stream=stream, min_version=step):
+            self._take(item)
         return self._collect_in_order(step, prompts)
+
+    def _take(self, item: Any) -> None:
+        """What the engine pool yields: groups go to the reward workers; a replaced engine is recovered."""
+        from grpo_dist.rollout.pool import EnginesReplaced
+
+        if isinstance(item, EnginesReplaced):
+            self._recover_engines()
+        else:
+            self.rewards.submit(item)
 
     def _collect_in_order(self, step: int, prompts: list[Prompt]) -> list[ScoredGroup]:
         """Every submitted group, scored, in batch order; anything missing or foreign is an error."""

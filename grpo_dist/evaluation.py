@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -34,3 +35,12 @@ def eval_metrics(
         out["eval/pass@1"] = sum(greedy) / len(greedy)
     out["eval/num_prompts"] = float(len(correct))
     return out
+
+
+def correctness_key(reward_functions: Sequence[Any]) -> str:
+    """The reward component that says whether an answer is right: the first built-in ``exact_match``, else
+    the first function (``reward.functions`` entries)."""
+    for f in reward_functions:
+        if f.path is None and f.name == "exact_match":
+            return str(f.name)
+    return str(reward_functions[0].name)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from grpo_dist import cluster
@@ -29,6 +30,16 @@ logger = logging.getLogger(__name__)
 
 class EngineError(ActorFault):
     """An engine failed, missed its deadline or spent its restart budget; names it (role ``rollout``)."""
+
+
+@dataclass(frozen=True)
+class EnginesReplaced:
+    """What ``EnginePool.generate`` yields when an engine died and was replaced (or dropped): the caller must
+    bring every engine to the current weights before asking for the next item, when the pool resubmits the
+    dead engine's prompts. The recovery is the caller's step, not the pool's."""
+
+    actors: list[ActorId]
+    """The engines that died."""
 
 
 def balance(costs: list[int], num_bins: int) -> list[list[int]]:
@@ -162,13 +173,13 @@ class EnginePool:
         stream: str,
         min_version: int,
         chunks_per_engine: int = 1,
-        recover: Callable[[], None] | None = None,
-    ) -> Iterator[list[RolloutGroup]]:
+    ) -> Iterator[list[RolloutGroup] | EnginesReplaced]:
         """Yield lists of groups as engines finish them; every prompt's group arrives exactly once.
 
-        When an engine dies, its unfinished prompts are resubmitted once it has been replaced (or, after a
-        shrink, to the remaining engines) and ``recover`` has brought every engine to the current weights.
-        Seeds depend on the prompt and sample, not on the engine, so the result equals a fault-free one.
+        When an engine dies it is replaced (or, after a shrink, dropped) and ``EnginesReplaced`` is yielded;
+        the dead engine's unfinished prompts are resubmitted when the caller, having brought every engine
+        to the current weights, asks for the next item. Seeds depend on the prompt and sample, not on the
+        engine, so the result equals a fault-free one.
         """
         import ray
 
@@ -213,9 +224,9 @@ class EnginePool:
                 lost = part + [i for a, p in list(pending.values()) if a is actor for i in p]
                 for other in [r for r, (a, _) in pending.items() if a is actor]:
                     del pending[other]
+                dead = self._id_of(actor)
                 self.replace_failed(self.supervisor.position_of(actor), step=step, reason="died during the rollout")
-                if recover is not None:
-                    recover()
+                yield EnginesReplaced([dead])
                 self.fault_stats["chunks_resubmitted"] += 1
                 submit(sorted(lost))
                 # the resubmitted work gets a whole deadline: the recovery may have waited (for an update in flight)
