@@ -24,6 +24,7 @@ from grpo_dist.controller import Controller
 from grpo_dist.data import PromptCursor
 from grpo_dist.faults import ActorFault, ActorId, TrainingAborted
 from grpo_dist.preflight import RunInputs
+from grpo_dist.rollout.pool import EnginesReplaced
 from grpo_dist.run_parts import RunParts
 from grpo_dist.run_state import RunState
 from grpo_dist.types import Completion, Prompt, RolloutGroup, ScoredGroup
@@ -74,14 +75,20 @@ class FakeEngines:
     version: int = 0
     calls: int = 0
     fail_at: int | None = None
+    replace_at: int | None = None
+    """The n-th call loses an engine half-way (replaced, as the real pool does, then the caller recovers)."""
     fault_stats: dict[str, int] = field(default_factory=dict)
 
-    def generate(self, prompts: list[Prompt], spec: Any, *, min_version: int, **_: Any) -> Iterator[list[RolloutGroup]]:
+    def generate(
+        self, prompts: list[Prompt], spec: Any, *, min_version: int, **_: Any
+    ) -> Iterator[list[RolloutGroup] | EnginesReplaced]:
         self.calls += 1
         if self.calls == self.fail_at:
             raise ActorFault("engine 0 died past its budget", actors=[ActorId("rollout", "engine 0")])
         assert self.version >= min_version, f"engine at version {self.version} asked for >= {min_version}"
         for i, p in enumerate(prompts):
+            if self.calls == self.replace_at and i == len(prompts) // 2:
+                yield EnginesReplaced([ActorId("rollout", "engine 1")])
             completions = [
                 Completion([VERSION_BASE + self.version, 20 + (p.prompt_id + k) % 3], [-0.1, -0.2], "stop", "")
                 for k in range(self.group_size)
@@ -301,3 +308,20 @@ def test_the_step_record_counts_batches_ahead_and_drops(tmp_path: Path) -> None:
     assert [records[s]["async/staleness_max"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 2.0, 2.0]
     assert all(records[s]["async/dropped_stale"] == 0.0 for s in records)
     assert all("timing/rollout_idle_ratio" in records[s] for s in (1, 2))
+
+
+def test_an_engine_replaced_during_an_overlapped_update_gets_that_updates_weights(tmp_path: Path) -> None:
+    """Bound 2: batches 2 and 3 are generated during step 1's update. An engine is lost half-way through
+    batch 2: the controller's recovery waits for the update and publishes version 1, so the rest of batch 2
+    and all of batch 3 come from version 1, fresher than the schedule's 0; step 1's own sync is then not
+    repeated."""
+    controller, log = _controller(tmp_path, mode="async", bound=2, steps=3, save_every=0, batch=4, num_prompts=12)
+    controller.engines.replace_at = 2  # the second generate call: batch 2, during step 1's update
+    syncs: list[int] = []
+    sync = controller.weight_sync.sync
+    controller.weight_sync.sync = lambda *, version: syncs.append(version) or sync(version=version)  # type: ignore[method-assign]
+    controller.run()
+    assert [sorted(set(t.sample_versions)) for t in log] == [[0], [0, 1], [1]]
+    assert syncs == [1, 2, 3]  # the recovery's publish of version 1, then steps 2 and 3; step 1's not twice
+    assert all(t.learner_version - v <= 2 for t in log for v in t.sample_versions)
+    assert sorted(p for t in log for p in t.prompt_ids) == list(range(12))  # nothing lost or repeated
