@@ -71,6 +71,8 @@ class Controller:
         self.state: RunState | None = None
         self._update_in_flight: PendingTrain | None = None
         """The learner update the engines are generating alongside (the overlapping modes), if any."""
+        self._early_sync: dict[str, float] = {}
+        """The figures of a step's publish that a recovery during its update already did."""
 
     def __enter__(self) -> Controller:
         return self
@@ -228,8 +230,10 @@ class Controller:
             pending.result()
             version = pending.step
         self.weight_sync.connect()
-        self.weight_sync.sync(version=version)
+        timing = self.weight_sync.sync(version=version)
         state.weights_version = version
+        if pending is not None:  # the publish of the update's own step, done early: its record gets the figures
+            self._early_sync = timing
 
     def _sync(self, step: int) -> dict[str, float]:
         """Publish the weights of ``step``; an engine that died meanwhile is replaced and the sync repeated."""
@@ -296,8 +300,11 @@ class Controller:
         state.consecutive_nonfinite = int(train_metrics.get("consecutive_nonfinite", 0))
         check_nonfinite(step, train_metrics, cfg.learner.max_nonfinite_steps)
         state.trained(sampled.ticket)
-        if state.weights_version < step:  # (a recovery during the overlap may have published them already)
+        if state.weights_version < step:
             timing |= self._sync(step)
+        else:  # a recovery during the overlap published them already
+            timing |= self._early_sync
+        self._early_sync = {}
         t_end = time.perf_counter()
         timing[metric_names.TIMING_TRAIN] = t_trained - t_train
         timing[metric_names.TIMING_STEP] = t_end - t_step

@@ -323,5 +323,7 @@ def test_an_engine_replaced_during_an_overlapped_update_gets_that_updates_weight
     controller.run()
     assert [sorted(set(t.sample_versions)) for t in log] == [[0], [0, 1], [1]]
     assert syncs == [1, 2, 3]  # the recovery's publish of version 1, then steps 2 and 3; step 1's not twice
+    records = dict(controller._part("metrics").records)
+    assert all("timing/sync_s" in records[s] for s in (1, 2, 3))  # step 1's publish figures, done early
     assert all(t.learner_version - v <= 2 for t in log for v in t.sample_versions)
     assert sorted(p for t in log for p in t.prompt_ids) == list(range(12))  # nothing lost or repeated
