@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from grpo_dist.config import Config
-from grpo_dist.faults import ActorDiedError, ActorId
+from grpo_dist.faults import ActorDiedError, ActorId, ActorTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,10 @@ def wait_all(refs: list[Any], *, timeout_s: float, what: str, actors: Sequence[A
     if failures:
         raise failures[0]
     if unfinished:
-        late = [actors[i].name for i, r in enumerate(refs) if r in unfinished]
+        late = [actors[i] for i, r in enumerate(refs) if r in unfinished]
         for r in unfinished:
             ray.cancel(r, force=False)
-        raise TimeoutError(f"{what}: no answer within {timeout_s:g} s from {', '.join(late)}")
+        raise ActorTimeoutError(
+            f"{what}: no answer within {timeout_s:g} s from {', '.join(a.name for a in late)}", actors=late
+        )
     return results

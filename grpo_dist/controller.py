@@ -32,7 +32,6 @@ allows one, then ``TrainingAborted`` saying how to resume.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from collections import deque
@@ -44,7 +43,7 @@ from grpo_dist import cluster, metric_names
 from grpo_dist.async_schedule import admits, drop_stale, generation_horizon
 from grpo_dist.checkpoint import CheckpointManager, checkpoint_name, write_json_durably
 from grpo_dist.config import Config, max_staleness
-from grpo_dist.faults import ActorDiedError, ActorFault, TrainingAborted
+from grpo_dist.faults import ActorDiedError, ActorFault, ActorTimeoutError, TrainingAborted, at_step
 from grpo_dist.preflight import RunInputs, check_inputs
 from grpo_dist.run_parts import RunParts, build_run
 from grpo_dist.run_state import CONTROLLER_STATE, BatchTicket, RunState
@@ -200,15 +199,20 @@ class Controller:
                 f"step {step}: {dead} died; ZeRO state cannot be rebuilt from the surviving ranks ({exc}). "
                 f"{self._resume_hint()}"
             )
+        if isinstance(exc, ActorTimeoutError) and "learner" in exc.roles:
+            # a late rank is still inside its call: a checkpoint would wait for it, then save the state that
+            # call leaves (an update may land after all) under the name of the step before
+            return TrainingAborted(
+                f"{at_step(step, exc)} (learner.step_timeout_s = {self.cfg.learner.step_timeout_s:g}); the ranks "
+                f"are still busy, so no checkpoint of their state is written. {self._resume_hint()}"
+            )
         try:
             state.rewind()  # batches drawn but not trained on go back: a resumed run draws them again
             if state.trained_step >= 1 and self.checkpoints.latest_name() != checkpoint_name(state.trained_step):
                 self.save_checkpoint(state.trained_step)
         except (ActorFault, TimeoutError, OSError, RuntimeError, ValueError) as save_exc:  # never mask the first
             logger.error("step %d: could not write a checkpoint after the fault: %s", step, save_exc)
-        # a fault in a later batch's rollout (the overlapping modes) names its own step
-        what = str(exc) if re.match(r"(rollout of )?step \d+", str(exc)) else f"step {step}: {exc}"
-        return TrainingAborted(f"{what}. {self._resume_hint()}")
+        return TrainingAborted(f"{at_step(step, exc)}. {self._resume_hint()}")
 
     def _resume_hint(self) -> str:
         name = self.checkpoints.latest_name()

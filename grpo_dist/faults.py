@@ -6,6 +6,9 @@
   ``TrainingAborted`` saying how to resume.
 - ``ActorDiedError``: the ``ActorFault`` of actors found dead while the driver waited on them
   (``grpo_dist.cluster.wait_all``), with the cause Ray gave (a memory kill is said as such).
+- ``ActorTimeoutError``: actors that did not answer within a deadline (``wait_all``). A ``TimeoutError``,
+  like every deadline of the run, and it names the actors too: late learner ranks are still inside a
+  call, so nothing can be asked of them (a checkpoint) until it ends.
 - ``TrainingAborted``: the run stopped on a fault; the message ends with how to resume.
 
 Standard library only: the command line imports this to tell a fault from a bug.
@@ -13,10 +16,11 @@ Standard library only: the command line imports this to tell a fault from a bug.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ROLES", "ActorDiedError", "ActorFault", "ActorId", "TrainingAborted"]
+__all__ = ["ROLES", "ActorDiedError", "ActorFault", "ActorId", "ActorTimeoutError", "TrainingAborted", "at_step"]
 
 ROLES = ("rollout", "reward", "learner")
 """The roles whose actors a run supervises."""
@@ -66,5 +70,24 @@ class ActorDiedError(ActorFault):
         return self.names
 
 
+class ActorTimeoutError(TimeoutError):
+    """Actors did not answer within a deadline; ``actors`` names them with their roles. (A ``TimeoutError``
+    rather than an ``ActorFault``: the two built-in bases cannot be combined.)"""
+
+    def __init__(self, message: str, *, actors: Sequence[ActorId]) -> None:
+        super().__init__(message)
+        self.actors = list(actors)
+
+    @property
+    def roles(self) -> set[str]:
+        return {a.role for a in self.actors}
+
+
 class TrainingAborted(RuntimeError):  # noqa: N818 - a state, not a programming error
     """The run stopped on a fault it could not absorb; the message says what and how to resume."""
+
+
+def at_step(step: int, exc: BaseException) -> str:
+    """The fault's message led by the step it happened in, unless it names its own (a later batch's rollout
+    in the overlapping modes, a train step)."""
+    return str(exc) if re.match(r"(rollout of |train )?step \d+", str(exc)) else f"step {step}: {exc}"

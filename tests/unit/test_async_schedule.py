@@ -22,7 +22,7 @@ from grpo_dist.async_schedule import admits, drop_stale, generation_horizon, sta
 from grpo_dist.config import apply_overrides, parse_config
 from grpo_dist.controller import Controller
 from grpo_dist.data import PromptCursor
-from grpo_dist.faults import ActorFault, ActorId, TrainingAborted
+from grpo_dist.faults import ActorFault, ActorId, ActorTimeoutError, TrainingAborted
 from grpo_dist.preflight import RunInputs
 from grpo_dist.rollout.pool import EnginesReplaced
 from grpo_dist.run_parts import RunParts
@@ -131,6 +131,9 @@ class FakePending:
         self.step, self._learner = step, learner
 
     def result(self) -> dict[str, float]:
+        if self.step == self._learner.late_at:
+            late = ActorId("learner", "learner rank 1")
+            raise ActorTimeoutError(f"train step {self.step}: no answer within 1 s from {late}", actors=[late])
         self._learner.version = self.step  # the update has landed
         return {"consecutive_nonfinite": 0.0, "learner/loss": 0.0}
 
@@ -140,6 +143,9 @@ class FakeLearners:
     group_size: int
     version: int = 0
     log: list[Trained] = field(default_factory=list)
+    late_at: int | None = None
+    """The step whose update misses its deadline (the ranks are still inside the call)."""
+    saved: list[int] = field(default_factory=list)
 
     def start_train(self, batch: Any, step: int) -> FakePending:
         rows = batch.input_ids.tolist()
@@ -155,6 +161,7 @@ class FakeLearners:
         return FakePending(self, step)
 
     def save_checkpoint(self, path: str) -> None:
+        self.saved.append(self.version)
         Path(path).mkdir(parents=True)
         (Path(path) / "version").write_text(str(self.version))
 
@@ -327,3 +334,19 @@ def test_an_engine_replaced_during_an_overlapped_update_gets_that_updates_weight
     assert all("timing/sync_s" in records[s] for s in (1, 2, 3))  # step 1's publish figures, done early
     assert all(t.learner_version - v <= 2 for t in log for v in t.sample_versions)
     assert sorted(p for t in log for p in t.prompt_ids) == list(range(12))  # nothing lost or repeated
+
+
+def test_learner_ranks_past_their_deadline_stop_the_run_without_a_checkpoint(tmp_path: Path) -> None:
+    """A late rank is still inside its call: a checkpoint would queue behind it and save what that call
+    leaves under the previous step's name. The run stops naming the ranks, the deadline and the checkpoint
+    to resume from, and writes none."""
+    controller, _ = _controller(tmp_path, mode="async", bound=1, steps=4, save_every=2, batch=1, num_prompts=4)
+    learners = controller.learners
+    learners.late_at = 4
+    with pytest.raises(
+        TrainingAborted,
+        match=r"^train step 4: no answer within 1 s from learner rank 1 \(learner.step_timeout_s = .*no checkpoint",
+    ) as info:
+        controller.run()
+    assert "step_000002: continue with trainer.resume=auto" in str(info.value)
+    assert learners.saved == [2]  # the barrier's checkpoint only, none after the deadline
