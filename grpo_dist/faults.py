@@ -40,8 +40,8 @@ class ActorId:
         return self.name
 
 
-class ActorFault(RuntimeError):  # noqa: N818 - names what happened to the run, like TrainingAborted
-    """Actors of the run failed beyond what their pool repairs; ``actors`` names them with their roles."""
+class NamesActors(Exception):  # noqa: N818 - a base that says what its subclasses carry
+    """An error about some of the run's actors: ``actors`` names them with their roles."""
 
     def __init__(self, message: str, *, actors: Sequence[ActorId]) -> None:
         super().__init__(message)
@@ -54,6 +54,10 @@ class ActorFault(RuntimeError):  # noqa: N818 - names what happened to the run, 
     @property
     def names(self) -> list[str]:
         return [a.name for a in self.actors]
+
+
+class ActorFault(NamesActors, RuntimeError):  # noqa: N818 - names what happened to the run, like TrainingAborted
+    """Actors of the run failed beyond what their pool repairs."""
 
 
 class ActorDiedError(ActorFault):
@@ -70,17 +74,8 @@ class ActorDiedError(ActorFault):
         return self.names
 
 
-class ActorTimeoutError(TimeoutError):
-    """Actors did not answer within a deadline; ``actors`` names them with their roles. (A ``TimeoutError``
-    rather than an ``ActorFault``: the two built-in bases cannot be combined.)"""
-
-    def __init__(self, message: str, *, actors: Sequence[ActorId]) -> None:
-        super().__init__(message)
-        self.actors = list(actors)
-
-    @property
-    def roles(self) -> set[str]:
-        return {a.role for a in self.actors}
+class ActorTimeoutError(NamesActors, TimeoutError):
+    """Actors did not answer within a deadline (a ``TimeoutError``, like every deadline of the run)."""
 
 
 class TrainingAborted(RuntimeError):  # noqa: N818 - a state, not a programming error
