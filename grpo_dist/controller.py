@@ -234,13 +234,13 @@ class Controller:
             pending.result()
             version = pending.step
         self.weight_sync.connect()
-        timing = self.weight_sync.sync(version=version)
-        state.weights_version = version
+        timing = self._sync(version)  # (an engine that dies meanwhile is replaced too)
         if pending is not None:  # the publish of the update's own step, done early: its record gets the figures
             self._early_sync = timing
 
     def _sync(self, step: int) -> dict[str, float]:
-        """Publish the weights of ``step``; an engine that died meanwhile is replaced and the sync repeated."""
+        """Publish the weights of ``step`` (the learner's latest); an engine that died meanwhile is replaced
+        and the sync repeated."""
         try:
             timing = self.weight_sync.sync(version=step)
         except ActorDiedError as exc:
@@ -276,14 +276,13 @@ class Controller:
         ticket = state.draw(step, max_staleness=self._max_staleness())
         prompts = [self.inputs.train_prompts[i] for i in state.cursor.next_batch()]
         groups, timing, rounds = self._sample(ticket, prompts)
-        return SampledBatch(ticket, groups, timing, rounds, started)
+        return SampledBatch(ticket, groups, timing, rounds, started, epoch=state.cursor.epoch)
 
     def step(self, sampled: SampledBatch, *, ahead: deque[SampledBatch] | None = None) -> dict[str, Any]:
         """Train on ``sampled`` and publish the new weights; given the queue ``ahead`` (the overlapping
         modes), the engines meanwhile generate the later steps' batches the schedule admits into it."""
         cfg, state, step = self.cfg, self._state(), sampled.ticket.step
         t_step = time.perf_counter() if sampled.prefetched else sampled.started  # a step's own sampling counts
-        epoch = state.cursor.epoch  # before the next batch is drawn
         t_train = time.perf_counter()
         groups, dropped = drop_stale(sampled.groups, step=step, max_staleness=self._max_staleness())
         if dropped:
@@ -329,7 +328,7 @@ class Controller:
             metric_names.SAMPLES_PER_S: len(batch.advantages) / timing[metric_names.TIMING_STEP],
             metric_names.WEIGHTS_VERSION: float(step),
             "rollout/sampling_rounds": float(sampled.rounds),
-            "data/epoch": float(epoch),
+            "data/epoch": float(sampled.epoch),
             **{f"faults/{k}": float(v) for k, v in self.engines.fault_stats.items()},
             **{f"faults/reward_{k}": float(v) for k, v in self.rewards.fault_stats().items()},
         }

@@ -39,6 +39,8 @@ class SampledBatch:
     """Generation rounds (more than one under dynamic sampling)."""
     started: float
     """``time.perf_counter()`` when its sampling began."""
+    epoch: int = 0
+    """The cursor's epoch once the batch was drawn (what the step reports as ``data/epoch``)."""
     prefetched: bool = False
     """Generated during an earlier step (the overlapping modes): its sampling is not this step's time."""
 

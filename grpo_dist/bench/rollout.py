@@ -80,11 +80,10 @@ def _rollout_model(s: Settings, model: str) -> tuple[dict[str, Any], list[dict[s
 
         def pool_run(n: int, num_chunks: int, step: int) -> dict[str, float]:
             t0 = time.perf_counter()
-            tokens = 0
-            for part in pools[n].generate(
+            groups = pools[n].generate_all(
                 prompts, spec, step=step, stream="bench", min_version=0, chunks_per_engine=num_chunks
-            ):
-                tokens += sum(len(c.token_ids) for grp in part for c in grp.completions)
+            )
+            tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
             return {"seconds": time.perf_counter() - t0, "tokens": float(tokens)}
 
         def raw_run(actor: Any, per_sample: bool, step: int) -> dict[str, float]:

@@ -109,20 +109,27 @@ def max_staleness(cfg: Config) -> int:
 
 
 def _async_errors(cfg: Config) -> list[str]:
-    mode, rc = cfg.trainer.async_mode, cfg.algo.rollout_correction
+    mode, rc, every = cfg.trainer.async_mode, cfg.algo.rollout_correction, cfg.trainer.save_every
     errors = []
     bound = cfg.sync.max_staleness
     if bound is not None and mode in FIXED_STALENESS_MODES and bound != STALENESS_OF_MODE[mode]:
         errors.append(
-            f"sync.max_staleness = {bound} with trainer.async_mode = {mode!r}, whose samples are exactly "
-            f"{STALENESS_OF_MODE[mode]} version(s) behind the learner: the bound would never act; leave it unset, "
-            "or set trainer.async_mode = 'async' to choose the bound"
+            f"sync.max_staleness = {bound} with trainer.async_mode = {mode!r}, whose samples are at most "
+            f"{STALENESS_OF_MODE[mode]} version(s) behind the learner by construction: the setting cannot change "
+            "that; leave it unset, or set trainer.async_mode = 'async' to choose the bound"
         )
-    elif max_staleness(cfg) > 0 and rc.mode == "none" and not rc.bypass:
+    if max_staleness(cfg) > 0 and rc.mode == "none" and not rc.bypass:
         errors.append(
             f"trainer.async_mode = {mode!r} trains on samples up to {max_staleness(cfg)} weight version(s) old: "
             "their importance ratio must be corrected, so algo.rollout_correction.mode must not be 'none' (or set "
             "algo.rollout_correction.bypass = true to make the engine's logprobs the PPO anchor)"
+        )
+    if every and max_staleness(cfg) >= every:
+        errors.append(
+            f"trainer.async_mode = {mode!r} with a staleness bound of {max_staleness(cfg)} and trainer.save_every = "
+            f"{every}: every checkpoint step is a barrier (nothing is generated ahead past it), so no sample is "
+            f"more than {every - 1} version(s) old and the bound above that does nothing; lower sync.max_staleness "
+            f"below {every}, raise trainer.save_every, or use trainer.async_mode = 'sync'"
         )
     if cfg.rollout.partial_rollout != "off":
         errors.append(

@@ -9,6 +9,7 @@ and fans calls out with a deadline. A rank that dies or stalls surfaces as an er
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from grpo_dist.cluster import wait_all
@@ -94,9 +95,11 @@ class LearnerGroup:
         refs = [getattr(a, method).remote(w, *args, **kwargs) for a, w in zip(self.actors, works)]
         return self._wait_ranks(refs, what=what)
 
-    def _wait_ranks(self, refs: list[Any], *, what: str) -> list[Any]:
+    def _wait_ranks(self, refs: list[Any], *, what: str, timeout_s: float | None = None) -> list[Any]:
+        """The ranks' answers within ``timeout_s`` (default ``learner.step_timeout_s``)."""
+        timeout_s = self.cfg.learner.step_timeout_s if timeout_s is None else timeout_s
         try:
-            return wait_all(refs, timeout_s=self.cfg.learner.step_timeout_s, what=what, actors=self.ids)
+            return wait_all(refs, timeout_s=timeout_s, what=what, actors=self.ids)
         except ActorDiedError as exc:
             if not exc.killed_for_memory:
                 raise
@@ -176,6 +179,7 @@ class PendingTrain:
 
     def __init__(self, group: LearnerGroup, refs: list[Any], works: list[RankWork], batch: TrainBatch, step: int):
         self._group, self._refs, self._works, self._batch, self.step = group, refs, works, batch, step
+        self._deadline = time.monotonic() + group.cfg.learner.step_timeout_s  # from the start, not the first wait
         self._metrics: dict[str, float] | None = None
         self._error: BaseException | None = None
 
@@ -186,7 +190,9 @@ class PendingTrain:
             raise self._error
         if self._metrics is None:
             try:
-                per_rank = self._group._wait_ranks(self._refs, what=f"train step {self.step}")
+                per_rank = self._group._wait_ranks(
+                    self._refs, what=f"train step {self.step}", timeout_s=max(0.0, self._deadline - time.monotonic())
+                )
             except BaseException as exc:
                 self._error = exc
                 raise

@@ -144,9 +144,7 @@ def _train_batch(engines: Any, cfg: Any, step: int, vocab_size: int, seed: int) 
         for i in range(NUM_PROMPTS)
     ]
     spec = SamplingSpec(n=cfg.rollout.num_generations, max_tokens=RESPONSE_LENGTH, ignore_eos=True)
-    groups = [
-        g for part in engines.generate(prompts, spec, step=step, stream="conformance", min_version=0) for g in part
-    ]
+    groups = engines.generate_all(prompts, spec, step=step, stream="conformance", min_version=0)
     groups.sort(key=lambda g: g.batch_index)
     n = spec.n
     scored = [ScoredGroup(g, [0.0] * n, {"random": [0.0] * n}, [True] * n) for g in groups]

@@ -204,14 +204,35 @@ class EnginePool:
                     pending[ref] = (actor, part)
 
         submit(list(range(len(prompts))))
+        try:
+            yield from self._stream(pending, submit, step=step)
+        finally:  # the caller stopped early (an error in its recovery, an abort): nothing is left running
+            for ref in pending:
+                ray.cancel(ref)
+
+    def generate_all(self, prompts: list[Prompt], spec: SamplingSpec, **kwargs: Any) -> list[RolloutGroup]:
+        """Every group of ``generate``, for a caller that has no newer weights to give a replaced engine
+        (benchmarks, the conformance matrix): an engine's death is an ``EngineError`` there."""
+        groups: list[RolloutGroup] = []
+        for item in self.generate(prompts, spec, **kwargs):
+            if isinstance(item, EnginesReplaced):
+                raise EngineError(f"{', '.join(map(str, item.actors))} died during the rollout", actors=item.actors)
+            groups += item
+        return groups
+
+    def _stream(
+        self, pending: dict[Any, tuple[Any, list[int]]], submit: Any, *, step: int
+    ) -> Iterator[list[RolloutGroup] | EnginesReplaced]:
+        """``generate``'s loop over the requests in ``pending`` (which it empties), resubmitting through
+        ``submit`` what a dead engine held."""
+        import ray
+
         deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 late = {self._id_of(a) for a, _ in pending.values()}
-                for ref in pending:
-                    ray.cancel(ref)
-                raise EngineError(
+                raise EngineError(  # (generate's cleanup cancels what is pending)
                     f"rollout of step {step}: no result within {self.cfg.rollout.request_timeout_s:g} s from "
                     f"{', '.join(sorted(a.name for a in late))}",
                     actors=sorted(late, key=lambda a: a.name),

@@ -19,7 +19,7 @@ from typing import Any
 
 from grpo_dist.cluster import wait_all
 from grpo_dist.config import Config
-from grpo_dist.faults import ActorFault
+from grpo_dist.faults import ActorFault, ActorTimeoutError
 from grpo_dist.learner.group import LearnerGroup
 from grpo_dist.rollout.pool import EnginePool
 from grpo_dist.sync.probe import ProbeDiff, compare, default_tolerance
@@ -99,6 +99,10 @@ class WeightSync:
                 received = wait_all(
                     receive, timeout_s=max(1.0, deadline - time.perf_counter()), what=what, actors=self.engines.ids
                 )
+        except ActorTimeoutError as exc:
+            if "learner" in exc.roles:
+                raise  # a rank still inside the publish: the controller must not queue a checkpoint behind it
+            raise self._stalled(str(exc)) from None
         except TimeoutError as exc:
             raise self._stalled(str(exc)) from None
         except ray.exceptions.RayTaskError as exc:  # e.g. the learner's broadcast lost a peer that died
@@ -139,6 +143,10 @@ class WeightSync:
             scored = wait_all(
                 learner_refs + refs, timeout_s=timeout, what=what, actors=self.learners.ids + self.engines.ids
             )
+        except ActorTimeoutError as exc:
+            if "learner" in exc.roles:
+                raise  # a rank still inside the publish: the controller must not queue a checkpoint behind it
+            raise self._stalled(str(exc)) from None
         except TimeoutError as exc:
             raise self._stalled(str(exc)) from None
         learner, scored = scored[0], scored[len(learner_refs) :]

@@ -224,7 +224,7 @@ def test_reward_worker_past_the_restart_budget_stops_the_run_resumably(
 def test_learner_rank_killed_with_batches_in_flight_then_resume(
     local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
-    """``async`` (bound 2, a checkpoint at step 2): rank 1 is killed while step 4's batch is scored, during
+    """``async`` (bound 1, a checkpoint at step 2): rank 1 is killed while step 4's batch is scored, during
     step 3's update (or just after it, if the update is quicker: the death then surfaces at step 4). The run
     stops (ZeRO state cannot be rebuilt) and resumes from step 2, which left nothing in flight; what came
     after it is trained again, with the same staleness, and each step is logged once."""
@@ -234,7 +234,7 @@ def test_learner_rank_killed_with_batches_in_flight_then_resume(
 
     def cfg(trigger: Path, *extra: str) -> Any:
         return _cfg(tiny_assets, tmp_path / "run", trigger, "trainer.total_steps=4", "trainer.save_every=2",
-                    "trainer.async_mode=async", "sync.max_staleness=2", "data.eval_files=[]", *extra,
+                    "trainer.async_mode=async", "sync.max_staleness=1", "data.eval_files=[]", *extra,
                     after_calls=3 * SAMPLES_PER_STEP)  # fmt: skip
 
     trigger = tmp_path / "run.trigger"
@@ -265,7 +265,7 @@ def test_learner_rank_killed_with_batches_in_flight_then_resume(
     write_record(
         "learner_rank_killed",
         {
-            "mode": "async, max_staleness 2",
+            "mode": "async, max_staleness 1",
             "faults_injected": 1,
             "run_stopped_cleanly": True,
             "resumed_from": "step_000002",

@@ -250,6 +250,8 @@ def test_bypass_needs_mode_none_and_wins_over_recompute() -> None:
             ["trainer.async_mode=async", "sync.max_staleness=3", "algo.rollout_correction.mode=none"],
             "trains on samples up to 3 weight version",
         ),
+        (["trainer.async_mode=one_step_off", "trainer.save_every=1"], "no sample is more than 0 version"),
+        (["trainer.async_mode=async", "sync.max_staleness=4", "trainer.save_every=3"], "lower sync.max_staleness"),
     ],
 )
 def test_async_settings_that_would_do_nothing_are_refused(overrides: list[str], expected: str) -> None:
