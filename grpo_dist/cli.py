@@ -77,7 +77,13 @@ def _load(path: str, overrides: list[str]):  # -> Config
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     _setup_logging()
+    import signal
+
     from grpo_dist.controller import Controller
+
+    # A driver started in the background (a batch script's `&`, nohup) inherits SIGINT ignored, and a shell
+    # cannot undo that for its children; the batch scripts stop the driver cleanly with SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     with Controller(cfg) as controller:
         controller.start()

@@ -100,8 +100,8 @@ class WeightSync:
                     receive, timeout_s=max(1.0, deadline - time.perf_counter()), what=what, actors=self.engines.ids
                 )
         except ActorTimeoutError as exc:
-            if "learner" in exc.roles:
-                raise  # a rank still inside the publish: the controller must not queue a checkpoint behind it
+            if exc.roles == {"learner"}:  # (an engine that stalls keeps the publish waiting too: then it is named)
+                raise  # ranks still inside the publish: the controller must not queue a checkpoint behind them
             raise self._stalled(str(exc)) from None
         except TimeoutError as exc:
             raise self._stalled(str(exc)) from None
@@ -144,8 +144,8 @@ class WeightSync:
                 learner_refs + refs, timeout_s=timeout, what=what, actors=self.learners.ids + self.engines.ids
             )
         except ActorTimeoutError as exc:
-            if "learner" in exc.roles:
-                raise  # a rank still inside the publish: the controller must not queue a checkpoint behind it
+            if exc.roles == {"learner"}:  # (an engine that stalls keeps the publish waiting too: then it is named)
+                raise  # ranks still inside the publish: the controller must not queue a checkpoint behind them
             raise self._stalled(str(exc)) from None
         except TimeoutError as exc:
             raise self._stalled(str(exc)) from None

@@ -438,8 +438,9 @@ if [ "$1" = train ]; then
   echo "$RAY_AUTH_MODE $RAY_AUTH_TOKEN" > "$FAKE_LOG/train_env"
   if [ -n "${FAKE_TRAIN_HANGS:-}" ]; then  # a Python driver: SIGINT is KeyboardInterrupt unless ignored
     exec "$REAL_PYTHON" -c '
-import os, pathlib, time
+import os, pathlib, signal, time
 log = pathlib.Path(os.environ["FAKE_LOG"])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as grpo-dist train does (it may start with SIGINT ignored)
 try:  # the marker inside the try: a SIGINT right after it still lands in the handler
     (log / "train_running").touch()
     time.sleep(60)
