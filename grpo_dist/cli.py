@@ -78,12 +78,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     _setup_logging()
     import signal
+    import threading
 
     from grpo_dist.controller import Controller
 
     # A driver started in the background (a batch script's `&`, nohup) inherits SIGINT ignored, and a shell
     # cannot undo that for its children; the batch scripts stop the driver cleanly with SIGINT.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if threading.current_thread() is threading.main_thread():  # (signal handlers belong to the main thread)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     with Controller(cfg) as controller:
         controller.start()
