@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,7 +221,7 @@ class EnginePool:
         return groups
 
     def _stream(
-        self, pending: dict[Any, tuple[Any, list[int]]], submit: Any, *, step: int
+        self, pending: dict[Any, tuple[Any, list[int]]], submit: Callable[[list[int]], None], *, step: int
     ) -> Iterator[list[RolloutGroup] | EnginesReplaced]:
         """``generate``'s loop over the requests in ``pending`` (which it empties), resubmitting through
         ``submit`` what a dead engine held."""

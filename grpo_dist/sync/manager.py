@@ -99,12 +99,8 @@ class WeightSync:
                 received = wait_all(
                     receive, timeout_s=max(1.0, deadline - time.perf_counter()), what=what, actors=self.engines.ids
                 )
-        except ActorTimeoutError as exc:
-            if exc.roles == {"learner"}:  # (an engine that stalls keeps the publish waiting too: then it is named)
-                raise  # ranks still inside the publish: the controller must not queue a checkpoint behind them
-            raise self._stalled(str(exc)) from None
         except TimeoutError as exc:
-            raise self._stalled(str(exc)) from None
+            raise self._missed_deadline(exc) from None
         except ray.exceptions.RayTaskError as exc:  # e.g. the learner's broadcast lost a peer that died
             raise self._stalled(f"{what}: {exc}") from exc
         if verify:
@@ -143,12 +139,8 @@ class WeightSync:
             scored = wait_all(
                 learner_refs + refs, timeout_s=timeout, what=what, actors=self.learners.ids + self.engines.ids
             )
-        except ActorTimeoutError as exc:
-            if exc.roles == {"learner"}:  # (an engine that stalls keeps the publish waiting too: then it is named)
-                raise  # ranks still inside the publish: the controller must not queue a checkpoint behind them
-            raise self._stalled(str(exc)) from None
         except TimeoutError as exc:
-            raise self._stalled(str(exc)) from None
+            raise self._missed_deadline(exc) from None
         learner, scored = scored[0], scored[len(learner_refs) :]
         worst: ProbeDiff | None = None
         for engine, logprobs in zip(self.engines.ids, scored):
@@ -162,6 +154,15 @@ class WeightSync:
             worst = diff if worst is None or diff.max_abs > worst.max_abs else worst
         assert worst is not None
         return worst
+
+    def _missed_deadline(self, exc: TimeoutError) -> Exception:
+        """What a sync or probe past its deadline raises: the late ranks' own ``ActorTimeoutError`` when only
+        learner ranks are late (they are still inside their call, and the controller must not queue a
+        checkpoint behind them), else the stall, naming the engines (a stalled engine keeps the ranks
+        waiting too, and is the one to name)."""
+        if isinstance(exc, ActorTimeoutError) and exc.roles == {"learner"}:
+            return exc
+        return self._stalled(str(exc))
 
     def _stalled(self, message: str) -> WeightSyncError:
         """The error for a sync that did not finish: it names the engines that do not even answer a ping
