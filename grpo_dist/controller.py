@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from grpo_dist import cluster, metric_names
 from grpo_dist.async_schedule import admits, drop_stale, generation_horizon
 from grpo_dist.checkpoint import CheckpointManager, checkpoint_name, write_json_durably
-from grpo_dist.config import Config, max_staleness
+from grpo_dist.config import Config, max_staleness, segment_tokens
 from grpo_dist.faults import ActorDiedError, ActorFault, ActorTimeoutError, TrainingAborted, at_step
 from grpo_dist.preflight import RunInputs, check_inputs
 from grpo_dist.run_parts import RunParts, build_run
@@ -228,15 +228,28 @@ class Controller:
         newer than what the replacement loaded."""
         if self.parts is None or self.parts.weight_sync is None:
             return
-        state, pending = self._state(), self._update_in_flight
-        version = state.weights_version
-        if pending is not None:
-            pending.result()
-            version = pending.step
+        if self._update_in_flight is not None:
+            self._update_in_flight.result()
         self.weight_sync.connect()
-        timing = self._sync(version)  # (an engine that dies meanwhile is replaced too)
-        if pending is not None:  # the publish of the update's own step, done early: its record gets the figures
-            self._early_sync = timing
+        self._publish_latest()  # (an engine that dies meanwhile is replaced too)
+
+    def _publish_landed(self) -> None:
+        """A partial rollout's segment boundary, or the start of a batch ahead in one: the update in flight,
+        once it has landed, reaches the engines now, and the samples continue under it (rather than waiting
+        for the batches ahead to finish)."""
+        pending = self._update_in_flight
+        if pending is not None and pending.done() and self._state().weights_version < pending.step:
+            pending.result()  # a failed update raises here
+            self._publish_latest()
+
+    def _publish_latest(self) -> None:
+        """The learner's newest weights into every engine: during an overlapped update the update's own (its
+        step's record then keeps this publish's figures), else the last step's."""
+        pending = self._update_in_flight
+        if pending is None:
+            self._sync(self._state().weights_version)
+        else:
+            self._early_sync = self._sync(pending.step)
 
     def _sync(self, step: int) -> dict[str, float]:
         """Publish the weights of ``step`` (the learner's latest); an engine that died meanwhile is replaced
@@ -345,9 +358,11 @@ class Controller:
         step, bound = pending.step, self._max_staleness()
         horizon = generation_horizon(step, max_staleness=bound, barrier=self._next_barrier(step))
         generated = 0
-        while (target := step + len(ahead) + 1) <= horizon and admits(
-            target, engine_version=self._state().weights_version, max_staleness=bound
-        ):
+        while (target := step + len(ahead) + 1) <= horizon:
+            if segment_tokens(self.cfg) is not None:
+                self._publish_landed()
+            if not admits(target, engine_version=self._state().weights_version, max_staleness=bound):
+                break
             ahead.append(self._sample_during(pending, target))
             generated += 1
         return generated
@@ -391,6 +406,7 @@ class Controller:
             stream=stream,
             min_version=ticket.min_version,
             chunks_per_engine=r.chunks_per_engine,
+            segment_tokens=segment_tokens(self.cfg),
         ):
             self._take(item)
         t_rollout = time.perf_counter() - t0
@@ -428,29 +444,12 @@ class Controller:
 
     def evaluate(self, step: int, *, log_name: str = "eval_greedy") -> dict[str, float]:
         """pass@1 greedy, pass@1 over samples and pass@k on the held-out prompts, with the engines."""
-        from grpo_dist.evaluation import correctness_key, eval_metrics
-        from grpo_dist.rollout.specs import eval_specs
+        from grpo_dist.held_out import evaluate
 
-        eval_prompts = self.inputs.eval_prompts
-        if not eval_prompts:
-            raise ValueError("no held-out prompts to evaluate: set data.eval_files")
-        t0 = time.perf_counter()
-        sampled_spec, greedy_spec = eval_specs(self.cfg)
-        sampled = self._score_all(step, eval_prompts, sampled_spec, "eval")
-        greedy = self._score_all(step, eval_prompts, greedy_spec, "eval-greedy")
-        key = correctness_key(self.cfg.reward.functions)
-        out = eval_metrics(
-            [[r > 0.5 for r in s.components[key]] for s in sampled],
-            self.cfg.eval.k_values,
-            greedy=[s.components[key][0] > 0.5 for s in greedy],
-        )
-        out[metric_names.TIMING_EVAL] = time.perf_counter() - t0
-        if self.cfg.logging.log_rollouts:
-            from grpo_dist.rollout_log import rollout_rows, write_rollouts
+        def score(prompts: list[Prompt], spec: Any, stream: str) -> list[ScoredGroup]:
+            return self._score_all(step, prompts, spec, stream)
 
-            zeros = [[0.0] * len(s.rewards) for s in greedy]
-            write_rollouts(self.run_dir, step, rollout_rows(step, greedy, zeros), name=log_name)
-        return out
+        return evaluate(self.cfg, self.run_dir, self.inputs.eval_prompts, score, step=step, log_name=log_name)
 
     def _score_all(self, step: int, prompts: list[Prompt], spec: Any, stream: str) -> list[ScoredGroup]:
         for item in self.engines.generate(prompts, spec, step=step, stream=stream, min_version=step):
@@ -458,11 +457,15 @@ class Controller:
         return self._collect_in_order(step, prompts)
 
     def _take(self, item: Any) -> None:
-        """What the engine pool yields: groups go to the reward workers; a replaced engine is recovered."""
+        """What the engine pool yields: groups go to the reward workers; a replaced engine is recovered; at a
+        partial rollout's segment boundary an update that landed is published."""
+        from grpo_dist.rollout.partial import SegmentBoundary
         from grpo_dist.rollout.pool import EnginesReplaced
 
         if isinstance(item, EnginesReplaced):
             self._recover_engines()
+        elif isinstance(item, SegmentBoundary):
+            self._publish_landed()
         else:
             self.rewards.submit(item)
 

@@ -100,6 +100,11 @@ ASYNC_DROPPED_STALE = "async/dropped_stale"
 that admits batches is broken: it is the hard stop behind it)."""
 ASYNC_BATCHES_AHEAD = "async/batches_ahead"
 """Batches generated during the step's update (for steps after it)."""
+ASYNC_PARTIAL_RATIO = "async/partial_ratio"
+"""Share of the step's samples that a partial rollout continued under newer weights than they started with."""
+ASYNC_TOKEN_STALENESS_MEAN = "async/token_staleness_mean"
+"""Mean over the step's generated tokens of the learner's version minus the version each was sampled with
+(below ``async/staleness_mean`` when partial rollouts continued samples under newer weights)."""
 
 # --------------------------------------------------------------------------------------------------- eval
 

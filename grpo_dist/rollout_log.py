@@ -16,6 +16,7 @@ from grpo_dist.types import ScoredGroup
 
 COMPONENT_PREFIX = "reward_"
 LOGPROBS_COLUMN = "engine_logprobs"
+VERSIONS_COLUMN = "token_versions"
 
 
 def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[float]]) -> list[dict[str, Any]]:
@@ -24,7 +25,9 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
     Columns: ``step``, ``prompt_id``, ``sample_index``, ``data_source``, ``prompt``, ``completion``,
     ``ground_truth``, ``reward``, ``advantage``, ``valid``, ``finish_reason``, ``response_length``,
     ``weights_version``, ``engine_index``, ``engine_logprobs`` (list of floats: the engine's sampling
-    logprob of each completion token, ``response_length`` of them) and ``reward_<name>`` per component.
+    logprob of each completion token, ``response_length`` of them), ``token_versions`` (the weights version
+    each token was sampled with: ``weights_version`` throughout, unless a partial rollout continued the
+    completion under newer weights) and ``reward_<name>`` per component.
     """
     rows = []
     for scored, adv in zip(groups, advantages, strict=True):
@@ -46,6 +49,7 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
                 "weights_version": g.weights_version,
                 "engine_index": g.engine_index,
                 LOGPROBS_COLUMN: [float(x) for x in completion.logprobs],
+                VERSIONS_COLUMN: completion.versions(g.weights_version),
             }
             for name, values in scored.components.items():
                 row[COMPONENT_PREFIX + name] = values[i]
@@ -62,11 +66,12 @@ def write_rollouts(run_dir: Path, step: int, rows: list[dict[str, Any]], *, name
     path = out / f"{name}_{step:06d}.parquet"
     tmp = path.with_suffix(".parquet.tmp")
     table = pa.Table.from_pylist(rows)
-    if LOGPROBS_COLUMN in table.column_names:
-        i = table.column_names.index(LOGPROBS_COLUMN)
-        if pa.types.is_null(table.schema.field(i).type.value_type):
-            # every completion of the step was empty: keep list<double> so that step files concatenate
-            table = table.set_column(i, LOGPROBS_COLUMN, table.column(i).cast(pa.list_(pa.float64())))
+    for column, value_type in ((LOGPROBS_COLUMN, pa.float64()), (VERSIONS_COLUMN, pa.int64())):
+        if column in table.column_names:
+            i = table.column_names.index(column)
+            if pa.types.is_null(table.schema.field(i).type.value_type):
+                # every completion of the step was empty: keep the list type so that step files concatenate
+                table = table.set_column(i, column, table.column(i).cast(pa.list_(value_type)))
     pq.write_table(table, tmp)
     tmp.replace(path)
     return path

@@ -109,9 +109,14 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
 
 def staleness_metrics(groups: list[ScoredGroup], *, learner_version: int) -> dict[str, float]:
     """How many versions behind ``learner_version`` (the weights the learner updates) the groups were
-    generated: 0 in ``sync`` mode, up to 1 in ``one_step_off``, up to ``sync.max_staleness`` in ``async``."""
+    generated: 0 in ``sync`` mode, up to 1 in ``one_step_off``, up to ``sync.max_staleness`` in ``async``;
+    per token too, and the share of samples a partial rollout continued under newer weights."""
     lags = [learner_version - g.group.weights_version for g in groups]
+    completions = [(c, g.group.weights_version) for g in groups for c in g.group.completions]
+    token_lags = [learner_version - v for c, version in completions for v in c.versions(version)]
     return {
         metric_names.ASYNC_STALENESS_MEAN: sum(lags) / len(lags),
         metric_names.ASYNC_STALENESS_MAX: float(max(lags)),
+        metric_names.ASYNC_TOKEN_STALENESS_MEAN: sum(token_lags) / max(1, len(token_lags)),
+        metric_names.ASYNC_PARTIAL_RATIO: sum(c.is_partial for c, _ in completions) / max(1, len(completions)),
     }

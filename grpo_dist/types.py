@@ -36,15 +36,31 @@ class Completion:
     (after temperature: vLLM's ``processed_logprobs``), as the learner computes it at the same temperature."""
     finish_reason: FinishReason
     text: str
+    token_versions: list[int] = field(default_factory=list)
+    """The weights version each token was sampled with, where a partial rollout (``rollout.partial_rollout:
+    resume``) continued the completion under newer weights part-way; empty: every token has its group's
+    ``weights_version``."""
+
+    def versions(self, default: int) -> list[int]:
+        """Each token's weights version (``default``, its group's, where none were recorded)."""
+        return list(self.token_versions) if self.token_versions else [default] * len(self.token_ids)
+
+    @property
+    def is_partial(self) -> bool:
+        """Continued under newer weights than it started with."""
+        return len(set(self.token_versions)) > 1
 
 
 @dataclass(frozen=True)
 class RolloutGroup:
-    """The G completions of one prompt, all from one engine and one weights version."""
+    """The G completions of one prompt, all from one engine; generated with one weights version, or, in a
+    partial rollout, started with it and continued with newer ones (see ``Completion.token_versions``)."""
 
     prompt: Prompt
     completions: list[Completion]
     weights_version: int
+    """The version the group was generated with; in a partial rollout, the oldest (the one it started with),
+    which is what its staleness counts from."""
     engine_index: int
     batch_index: int = 0
     """Position of the prompt in the step's batch (a batch that crosses an epoch may hold a prompt twice)."""

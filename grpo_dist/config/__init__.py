@@ -14,7 +14,13 @@ reward, learner, sync): validating a config loads neither Ray nor a model.
 from __future__ import annotations
 
 from grpo_dist.config.algo import PRESETS, AlgoConfig, RolloutCorrectionConfig
-from grpo_dist.config.checks import BUILTIN_REWARD_NAMES, cross_field_errors, max_staleness, model_context_length
+from grpo_dist.config.checks import (
+    BUILTIN_REWARD_NAMES,
+    cross_field_errors,
+    max_staleness,
+    model_context_length,
+    segment_tokens,
+)
 from grpo_dist.config.errors import ConfigError
 from grpo_dist.config.loading import apply_overrides, load_config, parse_config, read_yaml
 from grpo_dist.config.root import Config
@@ -59,4 +65,5 @@ __all__ = [
     "model_context_length",
     "parse_config",
     "read_yaml",
+    "segment_tokens",
 ]

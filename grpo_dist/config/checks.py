@@ -131,9 +131,30 @@ def _async_errors(cfg: Config) -> list[str]:
             f"more than {every - 1} version(s) old and the bound above that does nothing; lower sync.max_staleness "
             f"below {every}, raise trainer.save_every, or use trainer.async_mode = 'sync'"
         )
-    if cfg.rollout.partial_rollout != "off":
+    r, budget = cfg.rollout, cfg.data.max_response_length
+    if r.partial_rollout == "off" and r.partial_segment_tokens is not None:
         errors.append(
-            f"rollout.partial_rollout = {cfg.rollout.partial_rollout!r} is not implemented yet: a weight update "
-            "waits for the engines to finish their batch; use 'off'"
+            f"rollout.partial_segment_tokens = {r.partial_segment_tokens} with rollout.partial_rollout = 'off': "
+            "samples are only generated in segments in a partial rollout; set rollout.partial_rollout = 'resume' "
+            "or leave it unset"
+        )
+    if r.partial_rollout == "resume" and max_staleness(cfg) == 0:
+        errors.append(
+            f"rollout.partial_rollout = 'resume' with trainer.async_mode = {mode!r} and a staleness bound of 0: "
+            "no update ever lands while the engines generate, so there is nothing to continue under new weights; "
+            "use trainer.async_mode = 'one_step_off' or 'async', or rollout.partial_rollout = 'off'"
+        )
+    if r.partial_rollout == "resume" and r.partial_segment_tokens is not None and r.partial_segment_tokens >= budget:
+        errors.append(
+            f"rollout.partial_segment_tokens = {r.partial_segment_tokens} is not below data.max_response_length = "
+            f"{budget}: every sample is done in one segment, so an update never reaches a sample part-way; lower it"
         )
     return errors
+
+
+def segment_tokens(cfg: Config) -> int | None:
+    """Tokens per sample in one engine call of a training rollout: None unless it is a partial rollout."""
+    r = cfg.rollout
+    if r.partial_rollout == "off":
+        return None
+    return r.partial_segment_tokens or max(1, cfg.data.max_response_length // 4)

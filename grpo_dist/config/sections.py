@@ -82,9 +82,14 @@ class RolloutConfig(Section):
     """Each engine's share of a batch is sent as this many requests, so that reward workers score the
     first groups while the engine generates the rest."""
     partial_rollout: Literal["off", "resume"] = "off"
-    """What happens to requests in flight at a weight update. ``off``: an update waits until the engines
-    are between batches. ``resume`` (abort, then continue under the new weights from the tokens so far)
-    is not implemented yet and is refused."""
+    """What happens to requests in flight at a weight update (the overlapping modes). ``off``: the update
+    waits until the engines are done with the batches ahead. ``resume``: samples are generated in segments
+    of ``partial_segment_tokens``; an update that lands meanwhile is published at the next segment boundary
+    and the samples continue under it from their tokens so far (each token keeps the logprob and weights
+    version it was sampled with)."""
+    partial_segment_tokens: int | None = Field(None, ge=1)
+    """Tokens per sample in one engine call of a partial rollout: how long an update that landed waits to
+    reach an engine. Unset: a quarter of ``data.max_response_length``. Only with ``partial_rollout: resume``."""
 
 
 class RewardFunctionConfig(Section):

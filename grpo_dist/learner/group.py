@@ -183,6 +183,15 @@ class PendingTrain:
         self._metrics: dict[str, float] | None = None
         self._error: BaseException | None = None
 
+    def done(self) -> bool:
+        """Every rank has answered (or the update already failed): ``result()`` returns without waiting."""
+        import ray
+
+        if self._metrics is not None or self._error is not None:
+            return True
+        ready, _ = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
+        return len(ready) == len(self._refs)
+
     def result(self) -> dict[str, float]:
         """The group's metrics; a failure (a rank died, the deadline passed) is raised again on every call,
         without waiting a second time."""

@@ -22,7 +22,8 @@ import torch
 
 from grpo_dist.models.layout import CheckpointLayout
 from grpo_dist.models.reload_fixes import rederive_after_reload
-from grpo_dist.rollout.seeds import occurrence_stream, sample_seed
+from grpo_dist.rollout.partial import SegmentRequest, Segments, extend_completion
+from grpo_dist.rollout.seeds import occurrence_stream, sample_seed, segment_stream
 from grpo_dist.sync.plan import Bucket, checksum
 from grpo_dist.types import Completion, FinishReason, Prompt, RolloutGroup
 
@@ -167,39 +168,64 @@ class VllmEngine:
         """
         batch_indices = batch_indices or list(range(len(prompts)))
         occurrences = occurrences or [0] * len(prompts)
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if self.corrupt:
-            raise RuntimeError(f"engine {self.engine_index}: its last weight load failed part-way; refusing to sample")
-        if self.version < min_version:
-            raise StaleWeightsError(
-                f"engine {self.engine_index} holds weights version {self.version}, the rollout needs >= {min_version}"
-            )
+        self._check_can_sample(min_version)
         requests, params = [], []
         for prompt, occurrence in zip(prompts, occurrences, strict=True):
             key = occurrence_stream(stream, occurrence)
             for i in range(spec.n):
                 requests.append(TokensPrompt(prompt_token_ids=list(prompt.token_ids)))
-                params.append(
-                    SamplingParams(
-                        n=1,
-                        max_tokens=spec.max_tokens,
-                        temperature=0.0 if spec.greedy else spec.temperature,
-                        top_p=1.0 if spec.greedy else spec.top_p,
-                        top_k=-1 if spec.greedy else spec.top_k,
-                        stop=list(spec.stop) or None,
-                        ignore_eos=spec.ignore_eos,
-                        logprobs=0,
-                        seed=sample_seed(run_seed, key, step, prompt.prompt_id, i),
-                    )
-                )
+                params.append(_params(spec, spec.max_tokens, sample_seed(run_seed, key, step, prompt.prompt_id, i)))
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         groups = []
         for p, prompt in enumerate(prompts):
             completions = [_completion(outputs[p * spec.n + i].outputs[0]) for i in range(spec.n)]
             groups.append(RolloutGroup(prompt, completions, self.version, self.engine_index, batch_indices[p]))
         return groups
+
+    def generate_segments(
+        self,
+        requests: list[SegmentRequest],
+        spec: SamplingSpec,
+        *,
+        run_seed: int,
+        stream: str,
+        step: int,
+        min_version: int = 0,
+        segment_tokens: int,
+    ) -> Segments:
+        """The next ``segment_tokens`` tokens (at most) of each sample of a partial rollout, continuing
+        from prompt + its tokens so far; each answer is the whole sample so far (``extend_completion``)."""
+        from vllm.inputs import TokensPrompt
+
+        self._check_can_sample(min_version)
+        inputs, params = [], []
+        for r in requests:
+            key = segment_stream(occurrence_stream(stream, r.occurrence), r.segment)
+            seed = sample_seed(run_seed, key, step, r.prompt.prompt_id, r.sample_index)
+            so_far = list(r.prefix.token_ids) if r.prefix is not None else []
+            inputs.append(TokensPrompt(prompt_token_ids=list(r.prompt.token_ids) + so_far))
+            params.append(_params(spec, min(segment_tokens, spec.max_tokens - len(so_far)), seed))
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        tokenizer = self.llm.get_tokenizer()
+
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+        completions = [
+            extend_completion(r.prefix, _completion(o.outputs[0]), version=self.version, stop=spec.stop, decode=decode)
+            for r, o in zip(requests, outputs, strict=True)
+        ]
+        return Segments(completions, self.version, self.engine_index)
+
+    def _check_can_sample(self, min_version: int) -> None:
+        if self.corrupt:
+            raise RuntimeError(f"engine {self.engine_index}: its last weight load failed part-way; refusing to sample")
+        if self.version < min_version:
+            raise StaleWeightsError(
+                f"engine {self.engine_index} holds weights version {self.version}, the rollout needs >= {min_version}"
+            )
 
     def sequence_token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Per-token logprobs the engine's current weights assign to each sequence (token t given t' < t).
@@ -283,6 +309,23 @@ class VllmEngine:
         with tempfile.TemporaryDirectory(prefix="grpo-dist-weights-", dir="/dev/shm") as tmp:
             save_file({k: v.contiguous() for k, v in weights}, os.path.join(tmp, "model.safetensors"))
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+
+
+def _params(spec: SamplingSpec, max_tokens: int, seed: int) -> Any:
+    """One seeded request's ``SamplingParams`` (``n=1``: each sample is its own request, with its own seed)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1,
+        max_tokens=max_tokens,
+        temperature=0.0 if spec.greedy else spec.temperature,
+        top_p=1.0 if spec.greedy else spec.top_p,
+        top_k=-1 if spec.greedy else spec.top_k,
+        stop=list(spec.stop) or None,
+        ignore_eos=spec.ignore_eos,
+        logprobs=0,
+        seed=seed,
+    )
 
 
 def _completion(out: Any) -> Completion:

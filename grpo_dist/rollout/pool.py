@@ -21,6 +21,7 @@ from grpo_dist.config import Config
 from grpo_dist.faults import ActorFault, ActorId
 from grpo_dist.placement import RolePlacement
 from grpo_dist.rollout.engine import SamplingSpec, create_engine_actor, engine_env
+from grpo_dist.rollout.partial import PartialGroups, SegmentBoundary, SegmentRequest, Segments
 from grpo_dist.rollout.seeds import occurrences
 from grpo_dist.supervisor import ActorSlots
 from grpo_dist.types import Prompt, RolloutGroup
@@ -173,42 +174,108 @@ class EnginePool:
         stream: str,
         min_version: int,
         chunks_per_engine: int = 1,
-    ) -> Iterator[list[RolloutGroup] | EnginesReplaced]:
+        segment_tokens: int | None = None,
+    ) -> Iterator[list[RolloutGroup] | EnginesReplaced | SegmentBoundary]:
         """Yield lists of groups as engines finish them; every prompt's group arrives exactly once.
 
         When an engine dies it is replaced (or, after a shrink, dropped) and ``EnginesReplaced`` is yielded;
         the dead engine's unfinished prompts are resubmitted when the caller, having brought every engine
         to the current weights, asks for the next item. Seeds depend on the prompt and sample, not on the
         engine, so the result equals a fault-free one.
-        """
-        import ray
 
+        ``segment_tokens`` (a partial rollout, ``grpo_dist.rollout.partial``): each engine call generates at
+        most that many tokens per sample; after each call a ``SegmentBoundary`` is yielded, and its
+        unfinished samples go back to the same engine, as prompt + tokens so far, when the caller (which may
+        have published newer weights meanwhile) asks for the next item.
+        """
+        if segment_tokens is not None:
+            yield from self._generate_in_segments(
+                prompts, spec, step=step, stream=stream, min_version=min_version,
+                chunks_per_engine=chunks_per_engine, segment_tokens=segment_tokens,
+            )  # fmt: skip
+            return
         costs = [(len(p.token_ids) + spec.max_tokens) * spec.n for p in prompts]
         repeats = occurrences(p.prompt_id for p in prompts)
         pending: dict[Any, tuple[Any, list[int]]] = {}  # ref -> (actor, indices of prompts)
 
-        def submit(indices: list[int]) -> None:
-            for position, share in enumerate(balance([costs[i] for i in indices], self.num_engines)):
-                for part in chunk([indices[i] for i in share], chunks_per_engine):
-                    actor = self.actors[position]
-                    ref = actor.generate.remote(
-                        [prompts[i] for i in part],
-                        spec,
-                        run_seed=self.cfg.trainer.seed,
-                        stream=stream,
-                        step=step,
-                        min_version=min_version,
-                        batch_indices=part,
-                        occurrences=[repeats[i] for i in part],
-                    )
-                    pending[ref] = (actor, part)
+        def send(actor: Any, part: list[int]) -> None:
+            ref = actor.generate.remote(
+                [prompts[i] for i in part],
+                spec,
+                run_seed=self.cfg.trainer.seed,
+                stream=stream,
+                step=step,
+                min_version=min_version,
+                batch_indices=part,
+                occurrences=[repeats[i] for i in part],
+            )
+            pending[ref] = (actor, part)
 
-        submit(list(range(len(prompts))))
-        try:
-            yield from self._stream(pending, submit, step=step)
-        finally:  # the caller stopped early (an error in its recovery, an abort): nothing is left running
-            for ref in pending:
-                ray.cancel(ref)
+        def resubmit(indices: list[int]) -> None:
+            indices = sorted(indices)
+            self._submit(indices, costs=[costs[i] for i in indices], send=send, chunks_per_engine=chunks_per_engine)
+
+        def on_result(actor: Any, part: list[int], groups: list[RolloutGroup]) -> Iterator[list[RolloutGroup]]:
+            yield groups
+
+        resubmit(list(range(len(prompts))))
+        yield from self._stream(pending, resubmit, on_result, step=step)
+
+    def _generate_in_segments(
+        self,
+        prompts: list[Prompt],
+        spec: SamplingSpec,
+        *,
+        step: int,
+        stream: str,
+        min_version: int,
+        chunks_per_engine: int,
+        segment_tokens: int,
+    ) -> Iterator[list[RolloutGroup] | EnginesReplaced | SegmentBoundary]:
+        """``generate`` for a partial rollout: one engine call per segment of each sample."""
+        samples = PartialGroups(
+            prompts, n=spec.n, max_tokens=spec.max_tokens, occurrences=occurrences(p.prompt_id for p in prompts)
+        )
+        pending: dict[Any, tuple[Any, list[SegmentRequest]]] = {}  # ref -> (actor, its requests)
+
+        def send(actor: Any, requests: list[SegmentRequest]) -> None:
+            ref = actor.generate_segments.remote(
+                requests,
+                spec,
+                run_seed=self.cfg.trainer.seed,
+                stream=stream,
+                step=step,
+                min_version=min_version,
+                segment_tokens=segment_tokens,
+            )
+            pending[ref] = (actor, requests)
+
+        def resubmit(requests: list[SegmentRequest]) -> None:
+            requests = sorted(requests, key=lambda r: r.key)
+            costs = [samples.cost(r) for r in requests]
+            self._submit(requests, costs=costs, send=send, chunks_per_engine=chunks_per_engine)
+
+        def on_result(
+            actor: Any, requests: list[SegmentRequest], answer: Segments
+        ) -> Iterator[list[RolloutGroup] | SegmentBoundary]:
+            whole, more = samples.add(requests, answer)
+            if whole:
+                yield whole
+            if more:
+                yield SegmentBoundary(answer.engine_index)
+                send(actor, more)  # the same engine: its prefix cache holds the samples unless weights changed
+
+        resubmit(samples.first_requests())
+        yield from self._stream(pending, resubmit, on_result, step=step)
+
+    def _submit(
+        self, work: list[Any], *, costs: list[int], send: Callable[[Any, list[Any]], None], chunks_per_engine: int
+    ) -> None:
+        """``work`` (prompt indices, or segment requests) balanced over the engines by ``costs``, each engine's
+        share sent as ``chunks_per_engine`` calls."""
+        for position, share in enumerate(balance(costs, self.num_engines)):
+            for part in chunk([work[i] for i in share], chunks_per_engine):
+                send(self.actors[position], part)
 
     def generate_all(self, prompts: list[Prompt], spec: SamplingSpec, **kwargs: Any) -> list[RolloutGroup]:
         """Every group of ``generate``, for a caller that has no newer weights to give a replaced engine
@@ -217,46 +284,58 @@ class EnginePool:
         for item in self.generate(prompts, spec, **kwargs):
             if isinstance(item, EnginesReplaced):
                 raise EngineError(f"{', '.join(map(str, item.actors))} died during the rollout", actors=item.actors)
-            groups += item
+            if not isinstance(item, SegmentBoundary):
+                groups += item
         return groups
 
     def _stream(
-        self, pending: dict[Any, tuple[Any, list[int]]], submit: Callable[[list[int]], None], *, step: int
-    ) -> Iterator[list[RolloutGroup] | EnginesReplaced]:
-        """``generate``'s loop over the requests in ``pending`` (which it empties), resubmitting through
-        ``submit`` what a dead engine held."""
+        self,
+        pending: dict[Any, tuple[Any, list[Any]]],
+        resubmit: Callable[[list[Any]], None],
+        on_result: Callable[[Any, list[Any], Any], Iterator[Any]],
+        *,
+        step: int,
+    ) -> Iterator[Any]:
+        """``generate``'s loop over the calls in ``pending`` (ref -> (actor, its work); it empties it): each
+        result goes through ``on_result``, which yields what the caller gets (and may send more calls); what
+        a dead engine held goes back through ``resubmit``. Whatever is pending is cancelled if the caller stops
+        early (an error in its recovery, an abort)."""
         import ray
 
-        deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                late = {self._id_of(a) for a, _ in pending.values()}
-                raise EngineError(  # (generate's cleanup cancels what is pending)
-                    f"rollout of step {step}: no result within {self.cfg.rollout.request_timeout_s:g} s from "
-                    f"{', '.join(sorted(a.name for a in late))}",
-                    actors=sorted(late, key=lambda a: a.name),
-                )
-            ref = ready[0]
-            actor, part = pending.pop(ref)
-            try:
-                groups = ray.get(ref)
-            except ray.exceptions.RayActorError:
-                lost = part + [i for a, p in list(pending.values()) if a is actor for i in p]
-                for other in [r for r, (a, _) in pending.items() if a is actor]:
-                    del pending[other]
-                dead = self._id_of(actor)
-                self.replace_failed(self.supervisor.position_of(actor), step=step, reason="died during the rollout")
-                yield EnginesReplaced([dead])
-                self.fault_stats["chunks_resubmitted"] += 1
-                submit(sorted(lost))
-                # the resubmitted work gets a whole deadline: the recovery may have waited (for an update in flight)
-                deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
-                continue
-            except ray.exceptions.RayTaskError as exc:
-                actor_id = self._id_of(actor)
-                raise EngineError(f"rollout of step {step}: {actor_id} failed: {exc}", actors=[actor_id]) from exc
-            yield groups
+        try:
+            deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    late = {self._id_of(a) for a, _ in pending.values()}
+                    raise EngineError(
+                        f"rollout of step {step}: no result within {self.cfg.rollout.request_timeout_s:g} s from "
+                        f"{', '.join(sorted(a.name for a in late))}",
+                        actors=sorted(late, key=lambda a: a.name),
+                    )
+                ref = ready[0]
+                actor, work = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    lost = work + [w for a, ws in list(pending.values()) if a is actor for w in ws]
+                    for other in [r for r, (a, _) in pending.items() if a is actor]:
+                        del pending[other]
+                    dead = self._id_of(actor)
+                    self.replace_failed(self.supervisor.position_of(actor), step=step, reason="died during the rollout")
+                    yield EnginesReplaced([dead])
+                    self.fault_stats["chunks_resubmitted"] += 1
+                    resubmit(lost)
+                    # the resubmitted work gets a whole deadline: the recovery may have waited (for an update in flight)
+                    deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    actor_id = self._id_of(actor)
+                    raise EngineError(f"rollout of step {step}: {actor_id} failed: {exc}", actors=[actor_id]) from exc
+                yield from on_result(actor, work, result)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
 
     def _id_of(self, actor: Any) -> ActorId:
         position = self.supervisor.position_of(actor)

@@ -29,3 +29,9 @@ def occurrences(prompt_ids: Iterable[int]) -> list[int]:
 def occurrence_stream(stream: str, occurrence: int) -> str:
     """The seed stream of a prompt's ``occurrence``-th repeat in one batch, so repeats sample differently."""
     return stream if occurrence == 0 else f"{stream}#{occurrence}"
+
+
+def segment_stream(stream: str, segment: int) -> str:
+    """The seed stream of a partial rollout's ``segment``-th continuation (the first segment samples as a
+    whole rollout would), so a continuation does not replay the random draws of the segment before."""
+    return stream if segment == 0 else f"{stream}@{segment}"

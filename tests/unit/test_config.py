@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from grpo_dist.cli import main
-from grpo_dist.config import PRESETS, ConfigError, apply_overrides, load_config, parse_config
+from grpo_dist.config import PRESETS, ConfigError, apply_overrides, load_config, parse_config, segment_tokens
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
@@ -239,7 +239,12 @@ def test_bypass_needs_mode_none_and_wins_over_recompute() -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["rollout.partial_rollout=resume"], "rollout.partial_rollout = 'resume' is not implemented yet"),
+        (["rollout.partial_rollout=resume"], "nothing to continue under new weights"),
+        (["rollout.partial_segment_tokens=4"], "samples are only generated in segments in a partial rollout"),
+        (
+            ["trainer.async_mode=one_step_off", "rollout.partial_rollout=resume", "rollout.partial_segment_tokens=32"],
+            "every sample is done in one segment",  # the default max_response_length is 32
+        ),
         (["sync.max_staleness=1"], "sync.max_staleness = 1 with trainer.async_mode = 'sync'"),
         (["trainer.async_mode=one_step_off", "sync.max_staleness=3"], "sync.max_staleness = 3 with"),
         (
@@ -257,6 +262,13 @@ def test_bypass_needs_mode_none_and_wins_over_recompute() -> None:
 def test_async_settings_that_would_do_nothing_are_refused(overrides: list[str], expected: str) -> None:
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         parse_config(apply_overrides({}, overrides))
+
+
+def test_a_partial_rollouts_segment_is_a_quarter_of_the_budget_unless_set() -> None:
+    base = ["trainer.async_mode=one_step_off", "rollout.partial_rollout=resume", "data.max_response_length=64"]
+    assert segment_tokens(parse_config(apply_overrides({}, base))) == 16
+    assert segment_tokens(parse_config(apply_overrides({}, [*base, "rollout.partial_segment_tokens=5"]))) == 5
+    assert segment_tokens(parse_config(apply_overrides({}, base[:1]))) is None  # off: whole samples
 
 
 def test_the_staleness_bound_is_the_modes_own_unless_set() -> None:
