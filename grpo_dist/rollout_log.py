@@ -1,8 +1,8 @@
 """Every sampled answer, per step, as parquet under ``RUN_DIR/rollouts/``.
 
-One row per completion: the prompt, the completion, the row's ground truth, each reward component, the
-total reward, the advantage, whether the sample counted, the finish reason, the weights version, the step
-and the engine's per-token sampling logprobs: enough for anyone to recompute the rewards, the advantages
+One row per completion: the prompt, the completion (text and token ids), the row's ground truth, each
+reward component, the total reward, the advantage, whether the sample counted, the finish reason, the
+weights version (per token too), the step and the engine's per-token sampling logprobs: enough for anyone to recompute the rewards, the advantages
 and (against the learner's logprobs of the same tokens) the rollout/learner mismatch figures from the
 file alone (pyarrow, pandas, duckdb all read it).
 """
@@ -17,6 +17,8 @@ from grpo_dist.types import ScoredGroup
 COMPONENT_PREFIX = "reward_"
 LOGPROBS_COLUMN = "engine_logprobs"
 VERSIONS_COLUMN = "token_versions"
+PROMPT_IDS_COLUMN = "prompt_token_ids"
+TOKEN_IDS_COLUMN = "token_ids"
 
 
 def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[float]]) -> list[dict[str, Any]]:
@@ -24,7 +26,8 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
 
     Columns: ``step``, ``prompt_id``, ``sample_index``, ``data_source``, ``prompt``, ``completion``,
     ``ground_truth``, ``reward``, ``advantage``, ``valid``, ``finish_reason``, ``response_length``,
-    ``weights_version``, ``engine_index``, ``engine_logprobs`` (list of floats: the engine's sampling
+    ``weights_version``, ``engine_index``, ``prompt_token_ids`` and ``token_ids`` (the exact tokens the
+    learner trains on: text does not round-trip through a tokenizer), ``engine_logprobs`` (list of floats: the engine's sampling
     logprob of each completion token, ``response_length`` of them), ``token_versions`` (the weights version
     each token was sampled with: ``weights_version`` throughout, unless a partial rollout continued the
     completion under newer weights) and ``reward_<name>`` per component.
@@ -46,6 +49,8 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
                 "valid": scored.valid[i],
                 "finish_reason": completion.finish_reason,
                 "response_length": len(completion.token_ids),
+                PROMPT_IDS_COLUMN: list(g.prompt.token_ids),
+                TOKEN_IDS_COLUMN: list(completion.token_ids),
                 "weights_version": g.weights_version,
                 "engine_index": g.engine_index,
                 LOGPROBS_COLUMN: [float(x) for x in completion.logprobs],
@@ -66,7 +71,8 @@ def write_rollouts(run_dir: Path, step: int, rows: list[dict[str, Any]], *, name
     path = out / f"{name}_{step:06d}.parquet"
     tmp = path.with_suffix(".parquet.tmp")
     table = pa.Table.from_pylist(rows)
-    for column, value_type in ((LOGPROBS_COLUMN, pa.float64()), (VERSIONS_COLUMN, pa.int64())):
+    list_columns = {LOGPROBS_COLUMN: pa.float64(), VERSIONS_COLUMN: pa.int64(), TOKEN_IDS_COLUMN: pa.int64()}
+    for column, value_type in list_columns.items():
         if column in table.column_names:
             i = table.column_names.index(column)
             if pa.types.is_null(table.schema.field(i).type.value_type):

@@ -2,7 +2,9 @@
 generated with the versions the schedule fixes while the ranks train (staleness up to 2, never more), a
 checkpoint step is a barrier so that a resumed run continues exactly. ``one_step_off`` (the schedule of
 ``async`` with bound 1, as the unit tests show): an engine killed while the ranks train is replaced with
-no group lost. (``async`` with bound 0 reproducing ``sync`` bit for bit is part of ``test_resume``.)"""
+no group lost; with partial rollouts, the samples in flight continue under the update that landed, each
+token tagged with the weights that sampled it. (``async`` with bound 0 reproducing ``sync`` bit for bit is
+part of ``test_resume``.)"""
 
 from __future__ import annotations
 
@@ -139,3 +141,62 @@ def test_engine_killed_while_the_ranks_train_is_replaced(
             {(r["prompt_id"], r["sample_index"]) for r in rows}
         )
         assert len(rows) == BATCH * G  # every group once, none lost
+
+
+def _rows(run_dir: Path, step: int) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(run_dir / "rollouts" / f"step_{step:06d}.parquet").to_pylist()
+
+
+def test_partial_rollout_continues_samples_under_the_update_that_landed(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
+) -> None:
+    """one_step_off with 96-token samples generated in segments of 4: step 1's update lands while the
+    engines are part-way through batch 2, is published at the next segment boundary, and the samples
+    continue under it. The tags are checked against what the engines did, not against what they were
+    told: the tokens tagged 0 carry the initial model's logprobs, the ones tagged 1 do not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    cfg = _config(
+        tiny_assets,
+        run_dir,
+        "rollout.partial_rollout=resume",
+        "rollout.partial_segment_tokens=4",
+        "data.max_response_length=96",
+        "rollout.ignore_eos=true",
+        "trainer.total_steps=3",
+        "trainer.save_every=3",
+        "data.eval_files=[]",
+        # digits rewarded: even the untrained model's groups differ, so each update moves the weights
+        "reward.functions=[{name: digits, path: 'tests.integration.reward_fns:digit_fraction'}]",
+    )
+    _run(cfg)
+    steps, rows = _steps(run_dir), {s: _rows(run_dir, s) for s in (1, 2, 3)}
+    assert all(r["token_versions"] == [0] * 96 for r in rows[1])  # before any update: whole, version 0
+    for s in (2, 3):  # generated during step s-1's update: started with s-2, continued with s-1
+        for r in rows[s]:
+            v = r["token_versions"]
+            assert len(v) == r["response_length"] == 96 and v == sorted(v) and set(v) <= {s - 2, s - 1}
+            assert r["weights_version"] == v[0]
+        partial = sum(len(set(r["token_versions"])) > 1 for r in rows[s]) / len(rows[s])
+        assert steps[s]["async/partial_ratio"] == partial
+        assert steps[s]["async/staleness_max"] == 1.0 and steps[s]["async/dropped_stale"] == 0.0
+    continued = [r for r in rows[2] if len(set(r["token_versions"])) > 1]
+    assert continued, f"step 1's update landed after batch 2 was whole: {steps[1]['timing/train_s']:.2f} s train"
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny_assets["model"], dtype=torch.float32).eval()
+    before, after = [], []  # |engine logprob - initial model's logprob| of tokens tagged 0, and tagged 1
+    for r in continued:
+        prompt, tokens = r["prompt_token_ids"], r["token_ids"]
+        with torch.no_grad():
+            logits = initial(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(tokens)[:, None])[:, 0]
+        for lp, engine_lp, version in zip(logprobs.tolist(), r["engine_logprobs"], r["token_versions"]):
+            (before if version == 0 else after).append(abs(lp - engine_lp))
+    assert max(before) < 1e-3, f"tokens tagged 0 were not sampled with the initial weights: {max(before):.2e}"
+    assert sum(after) / len(after) > 10 * max(before), (
+        f"tokens tagged 1 look sampled with the initial weights too: mean |diff| {sum(after) / len(after):.2e}"
+    )

@@ -24,6 +24,7 @@ from grpo_dist.controller import Controller
 from grpo_dist.data import PromptCursor
 from grpo_dist.faults import ActorFault, ActorId, ActorTimeoutError, TrainingAborted
 from grpo_dist.preflight import RunInputs
+from grpo_dist.rollout.partial import PartialGroups, SegmentBoundary, Segments, extend_completion
 from grpo_dist.rollout.pool import EnginesReplaced
 from grpo_dist.run_parts import RunParts
 from grpo_dist.run_state import RunState
@@ -80,12 +81,15 @@ class FakeEngines:
     fault_stats: dict[str, int] = field(default_factory=dict)
 
     def generate(
-        self, prompts: list[Prompt], spec: Any, *, min_version: int, **_: Any
-    ) -> Iterator[list[RolloutGroup] | EnginesReplaced]:
+        self, prompts: list[Prompt], spec: Any, *, min_version: int, segment_tokens: int | None = None, **_: Any
+    ) -> Iterator[list[RolloutGroup] | EnginesReplaced | SegmentBoundary]:
         self.calls += 1
         if self.calls == self.fail_at:
             raise ActorFault("engine 0 died past its budget", actors=[ActorId("rollout", "engine 0")])
         assert self.version >= min_version, f"engine at version {self.version} asked for >= {min_version}"
+        if segment_tokens is not None:
+            yield from self._in_segments(prompts, spec, segment_tokens)
+            return
         for i, p in enumerate(prompts):
             if self.calls == self.replace_at and i == len(prompts) // 2:
                 yield EnginesReplaced([ActorId("rollout", "engine 1")])
@@ -94,6 +98,28 @@ class FakeEngines:
                 for k in range(self.group_size)
             ]
             yield [RolloutGroup(p, completions, self.version, 0, batch_index=i)]
+
+    def _in_segments(
+        self, prompts: list[Prompt], spec: Any, segment_tokens: int
+    ) -> Iterator[list[RolloutGroup] | SegmentBoundary]:
+        """A partial rollout as the real pool runs one, through the real ``PartialGroups``: one call per
+        round of segments, every token the version the engine holds when it generates it, a boundary
+        between rounds (where the controller may publish newer weights)."""
+        samples = PartialGroups(prompts, n=spec.n, max_tokens=spec.max_tokens, occurrences=[0] * len(prompts))
+        requests = samples.first_requests()
+        while requests:
+            answers = []
+            for r in requests:
+                count = min(segment_tokens, spec.max_tokens - r.done_tokens)
+                tokens = [VERSION_BASE + self.version] * count
+                answers.append(
+                    extend_completion(r.prefix, Completion(tokens, [-0.1] * count, "length", ""), version=self.version)
+                )
+            whole, requests = samples.add(requests, Segments(answers, self.version, engine_index=0))
+            if whole:
+                yield whole
+            if requests:
+                yield SegmentBoundary(0)
 
 
 @dataclass
@@ -126,11 +152,19 @@ class Trained:
     sample_versions: list[int]
     masked_rows: list[int]
     """Rows that count for nothing in the loss (every loss-mask entry 0)."""
+    token_versions: list[list[int]] = field(default_factory=list)
+    """Each row's generated tokens, read back as the versions they were generated with."""
 
 
 class FakePending:
     def __init__(self, learner: FakeLearners, step: int) -> None:
         self.step, self._learner = step, learner
+        self._polls = 0
+
+    def done(self) -> bool:
+        """Lands on the ``land_after``-th look (a partial rollout looks at each segment boundary)."""
+        self._polls += 1
+        return self._polls >= self._learner.land_after
 
     def result(self) -> dict[str, float]:
         if self.step == self._learner.late_at:
@@ -148,6 +182,7 @@ class FakeLearners:
     late_at: int | None = None
     """The step whose update misses its deadline (the ranks are still inside the call)."""
     saved: list[int] = field(default_factory=list)
+    land_after: int = 1
 
     def start_train(self, batch: Any, step: int) -> FakePending:
         rows = batch.input_ids.tolist()
@@ -159,6 +194,7 @@ class FakeLearners:
                 [r[0] - PROMPT_BASE for r in rows[:: self.group_size]],
                 [r[1] - VERSION_BASE for r in rows],
                 [i for i, m in enumerate(batch.loss_mask.sum(dim=1).tolist()) if m == 0],
+                [[t - VERSION_BASE for t in r[1:] if t >= VERSION_BASE] for r in rows],
             )
         )
         return FakePending(self, step)
@@ -197,8 +233,10 @@ class _Tokenizer:
 
 
 def _controller(run_dir: Path, *, mode: str, bound: int | None, steps: int, save_every: int, batch: int,
-                num_prompts: int, resume_version: int = 0) -> tuple[Controller, list[Trained]]:  # fmt: skip
+                num_prompts: int, resume_version: int = 0, extra: tuple[str, ...] = ()
+                ) -> tuple[Controller, list[Trained]]:  # fmt: skip
     overrides = [
+        *extra,
         f"trainer.async_mode={mode}",
         f"trainer.total_steps={steps}",
         f"trainer.save_every={save_every}",
@@ -384,3 +422,49 @@ def test_a_group_older_than_the_bound_is_dropped_from_the_loss_and_counted(tmp_p
     assert [records[s]["async/dropped_stale"] for s in (1, 2, 3)] == [0.0, 0.0, 1.0]
     trained = log[2]
     assert trained.step == 3 and trained.masked_rows == [0, 1]  # the group's two samples count for nothing
+
+
+def test_a_partial_rollout_continues_under_the_update_that_landed_at_a_boundary(tmp_path: Path) -> None:
+    """one_step_off, 6-token samples in segments of 2. Step n's update lands at the first boundary of batch
+    n+1 (the controller's second look: the first is before the batch starts): the controller publishes it
+    there, and the samples' last 4 tokens come from it. The learner reads the versions out of the tokens it
+    trains on; the step's records say the same."""
+    partial = ("rollout.partial_rollout=resume", "rollout.partial_segment_tokens=2", "data.max_response_length=6")
+    controller, log = _controller(
+        tmp_path, mode="one_step_off", bound=None, steps=4, save_every=0, batch=2, num_prompts=8, extra=partial
+    )
+    controller.learners.land_after = 2
+    syncs: list[int] = []
+    sync = controller.weight_sync.sync
+    controller.weight_sync.sync = lambda *, version: syncs.append(version) or sync(version=version)  # type: ignore[method-assign]
+    controller.run()
+    assert [t.token_versions[0] for t in log] == [[0] * 6, [0, 0, 1, 1, 1, 1], [1, 1, 2, 2, 2, 2], [2, 2, 3, 3, 3, 3]]
+    assert all(len({tuple(v) for v in t.token_versions}) == 1 for t in log)  # every sample of a batch alike
+    assert syncs == [1, 2, 3, 4]  # each update published once, at a boundary (the last step's after its batch)
+    records = dict(controller._part("metrics").records)
+    assert [records[s]["async/partial_ratio"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 1.0, 1.0]
+    assert [records[s]["async/staleness_max"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 1.0, 1.0]  # from the oldest token
+    assert [records[s]["async/token_staleness_mean"] for s in (2, 3, 4)] == [pytest.approx(1 / 3)] * 3
+    assert sorted(p for t in log for p in t.prompt_ids) == list(range(8))
+
+
+def test_an_update_landing_later_reaches_the_samples_later(tmp_path: Path) -> None:
+    """The update lands at the second boundary: only the last 2 tokens are the new version's; at the start
+    of the batch, all of them are; one that
+    lands after the batch leaves it whole (the publish then comes at the end of the step, as without
+    partial rollouts)."""
+    partial = ("rollout.partial_rollout=resume", "rollout.partial_segment_tokens=2", "data.max_response_length=6")
+    shape = {"steps": 2, "save_every": 0, "batch": 1, "num_prompts": 2, "extra": partial}
+    later, log = _controller(tmp_path / "later", mode="one_step_off", bound=None, **shape)  # type: ignore[arg-type]
+    later.learners.land_after = 3
+    later.run()
+    assert log[1].token_versions[0] == [0, 0, 0, 0, 1, 1]
+    first, log = _controller(tmp_path / "first", mode="one_step_off", bound=None, **shape)  # type: ignore[arg-type]
+    first.learners.land_after = 1
+    first.run()
+    assert log[1].token_versions[0] == [1] * 6  # published before the batch ahead began: none of it is partial
+    never, log = _controller(tmp_path / "never", mode="one_step_off", bound=None, **shape)  # type: ignore[arg-type]
+    never.learners.land_after = 99
+    never.run()
+    assert log[1].token_versions[0] == [0] * 6
+    assert dict(never._part("metrics").records)[2]["async/partial_ratio"] == 0.0
