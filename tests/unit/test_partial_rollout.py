@@ -7,6 +7,8 @@ The controller's side (an update published at a boundary, the samples continuing
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +116,97 @@ def _untoken(token: int) -> tuple[int, int, int, int]:
     version, rest = token % 1000, token // 1000
     position, rest = rest % 100, rest // 100
     return rest // 10, rest % 10, position, version
+
+
+# ------------------------------------------------------- the pool, with an engine lost part-way (real Ray)
+
+
+class SegmentFake:
+    """TEST DOUBLE: an engine actor that answers ``generate_segments`` at once with tokens that encode
+    (group, sample, position, its version). The engine in slot 1 dies on its second call while its first
+    incarnation lives (``die_file`` exists)."""
+
+    def __init__(self, slot: int, die_file: str) -> None:
+        self.slot, self.die_file, self.version, self.calls = slot, die_file, 0, 0
+
+    def info(self) -> dict[str, int]:
+        import os
+
+        return {"pid": os.getpid(), "version": self.version}
+
+    def set_version(self, version: int) -> None:
+        self.version = version
+
+    def generate_segments(self, requests: list[Any], spec: Any, *, segment_tokens: int, **_: Any) -> Segments:
+        import os
+        from pathlib import Path
+
+        self.calls += 1
+        if self.slot == 1 and self.calls == 2 and Path(self.die_file).exists():
+            Path(self.die_file).unlink()
+            os._exit(1)
+        out = []
+        for r in requests:
+            count = min(segment_tokens, spec.max_tokens - r.done_tokens)
+            tokens = [_token(r.batch_index, r.sample_index, r.done_tokens + k, self.version) for k in range(count)]
+            out.append(extend_completion(r.prefix, _segment(tokens, "length", ""), version=self.version))
+        return Segments(out, self.version, self.slot)
+
+
+def test_an_engine_lost_part_way_through_a_partial_rollout_loses_no_token(tmp_path: Path) -> None:
+    """The dead engine's samples go out again from their tokens so far: every sample ends with exactly the
+    positions 0..max-1, the tokens before the death keep version 0, and what the replacement generated
+    after the caller's recovery (here: every engine set to version 1) is tagged 1."""
+    import tempfile
+
+    import ray
+
+    from grpo_dist.config import apply_overrides, parse_config
+    from grpo_dist.rollout.engine import SamplingSpec
+    from grpo_dist.rollout.pool import EnginePool, EnginesReplaced
+
+    die_file = tmp_path / "die"
+    die_file.write_text("")
+
+    class FakePool(EnginePool):
+        def _start(self, slot: int) -> Any:
+            return ray.remote(SegmentFake).options(num_cpus=0, max_restarts=0).remote(slot, str(die_file))
+
+        def shutdown(self) -> None:
+            self.supervisor.kill_all()
+
+    cfg = parse_config(apply_overrides({}, ["rollout.num_engines=2", "rollout.request_timeout_s=60"]))
+    prompts = [Prompt(prompt_id=b, token_ids=[1, 2], text="p") for b in range(4)]
+    here = str(Path(__file__).parent)  # the workers import this module to build the fake
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=tempfile.mkdtemp(prefix="gd-ray-", dir="/tmp"),
+        runtime_env={"env_vars": {"PYTHONPATH": here}},
+    )
+    try:
+        pool = FakePool(cfg, placement=None, model_path="", device="cpu", max_model_len=64)  # type: ignore[arg-type]
+        pool.wait_ready()
+        groups, replaced = [], 0
+        spec = SamplingSpec(n=2, max_tokens=6)
+        for item in pool.generate(prompts, spec, step=1, stream="train", min_version=0, segment_tokens=2):
+            if isinstance(item, EnginesReplaced):
+                replaced += 1
+                ray.get([a.set_version.remote(1) for a in pool.actors], timeout=30)  # the caller's recovery
+            elif isinstance(item, list):
+                groups += item
+        stats = dict(pool.fault_stats)
+        pool.shutdown()
+    finally:
+        ray.shutdown()
+    assert replaced == 1 and stats["engines_restarted"] == 1 and not die_file.exists()
+    assert sorted(g.batch_index for g in groups) == [0, 1, 2, 3]
+    continued = 0
+    for g in groups:
+        for i, c in enumerate(g.completions):
+            decoded = [_untoken(t) for t in c.token_ids]
+            assert [(b, s, pos) for b, s, pos, _ in decoded] == [(g.batch_index, i, k) for k in range(6)]
+            assert c.token_versions == [v for *_, v in decoded] == sorted(c.token_versions)
+            continued += c.token_versions[0] == 0 and c.token_versions[-1] == 1
+    assert continued > 0  # the dead engine's samples: begun at version 0, finished by the replacement at 1
