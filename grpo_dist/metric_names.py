@@ -64,6 +64,9 @@ LEARNER_LOSS_TOKENS = "learner/loss_tokens"
 LEARNER_PADDING_FRACTION = "learner/padding_fraction"
 LEARNER_PADDING_SAVED_FRACTION = "learner/padding_saved_fraction"
 LEARNER_MICRO_BATCHES_PER_RANK = "learner/micro_batches_per_rank"
+LEARNER_OFF_POLICY_FRAC = "learner/off_policy_token_frac"
+"""Share of the step's loss tokens sampled with older weights than the ranks held, as the ranks read it
+off the batch's per-token versions (0 in ``sync`` mode; compare ``async/token_staleness_mean``)."""
 # figures of ``algo.policy_loss``, named by ``learner_metric``; the ones readers plot:
 LEARNER_KL = "learner/kl"
 LEARNER_CLIP_FRACTION = "learner/clip_fraction"

@@ -2,9 +2,9 @@
 
 One row per completion: the prompt, the completion (text and token ids), the row's ground truth, each
 reward component, the total reward, the advantage, whether the sample counted, the finish reason, the
-weights version (per token too), the step and the engine's per-token sampling logprobs: enough for anyone to recompute the rewards, the advantages
-and (against the learner's logprobs of the same tokens) the rollout/learner mismatch figures from the
-file alone (pyarrow, pandas, duckdb all read it).
+weights version (per token too), the step and the engine's per-token sampling logprobs: enough for anyone
+to recompute the rewards, the advantages and (against the learner's logprobs of the same tokens) the
+rollout/learner mismatch figures from the file alone (pyarrow, pandas, duckdb all read it).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
     Columns: ``step``, ``prompt_id``, ``sample_index``, ``data_source``, ``prompt``, ``completion``,
     ``ground_truth``, ``reward``, ``advantage``, ``valid``, ``finish_reason``, ``response_length``,
     ``weights_version``, ``engine_index``, ``prompt_token_ids`` and ``token_ids`` (the exact tokens the
-    learner trains on: text does not round-trip through a tokenizer), ``engine_logprobs`` (list of floats: the engine's sampling
-    logprob of each completion token, ``response_length`` of them), ``token_versions`` (the weights version
-    each token was sampled with: ``weights_version`` throughout, unless a partial rollout continued the
-    completion under newer weights) and ``reward_<name>`` per component.
+    learner trains on: text does not round-trip through a tokenizer), ``engine_logprobs`` (the engine's
+    sampling logprob of each completion token, ``response_length`` of them), ``token_versions`` (the weights
+    version each token was sampled with: ``weights_version`` throughout, unless a partial rollout continued
+    the completion under newer weights) and ``reward_<name>`` per component.
     """
     rows = []
     for scored, adv in zip(groups, advantages, strict=True):

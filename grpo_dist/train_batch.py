@@ -18,12 +18,12 @@ __all__ = ["check_nonfinite", "prepare_train_batch"]
 def prepare_train_batch(scored: ScoredBatch, cfg: Config, learners: Any, *, pad_token_id: int) -> Any:
     """The learner's batch for a step: collated, with the old logprobs recomputed where the PPO anchor needs
     them (several optimizer steps, not bypassed) and the reference logprobs where the KL term needs them."""
+    from grpo_dist.learner.anchor import ppo_anchor
     from grpo_dist.learner.batch import collate
 
     batch = collate(scored.groups, scored.advantages.flatten().float(), pad_token_id=pad_token_id)
-    optimizer_steps = cfg.learner.ppo_epochs * (cfg.data.train_batch_size // cfg.learner.mini_batch_size)
     updates: dict[str, Any] = {}
-    if cfg.learner.recompute_old_logprobs and not cfg.algo.rollout_correction.bypass and optimizer_steps > 1:
+    if ppo_anchor(cfg) == "recomputed":
         updates["old_logprobs"] = learners.compute_logprobs(batch)
     if cfg.algo.kl_coef > 0:
         updates["ref_logprobs"] = learners.compute_logprobs(batch, reference=True)

@@ -23,6 +23,7 @@ class TrainBatch:
     engine_logprobs: torch.Tensor  # [N, L-1] float, 0 outside loss_mask
     old_logprobs: torch.Tensor | None = None  # [N, L-1]
     ref_logprobs: torch.Tensor | None = None  # [N, L-1]
+    versions: torch.Tensor | None = None  # [N, L-1] long: the weights version each target token was sampled with
 
     @property
     def num_sequences(self) -> int:
@@ -43,6 +44,7 @@ class TrainBatch:
             engine_logprobs=zeros,
             old_logprobs=None if self.old_logprobs is None else zeros,
             ref_logprobs=None if self.ref_logprobs is None else zeros,
+            versions=None if self.versions is None else torch.full((1, 1), -1, dtype=torch.long),
         )
 
     def trimmed(self) -> TrainBatch:
@@ -56,7 +58,7 @@ class TrainBatch:
             attention_mask=self.attention_mask[:, cols],
             **{
                 name: t[:, : width - 1]
-                for name in ("loss_mask", "engine_logprobs", "old_logprobs", "ref_logprobs")
+                for name in ("loss_mask", "engine_logprobs", "old_logprobs", "ref_logprobs", "versions")
                 if (t := getattr(self, name)) is not None
             },
         )
@@ -68,13 +70,14 @@ def _take(t: torch.Tensor | None, index: slice | torch.Tensor) -> torch.Tensor |
 
 def collate(groups: list[ScoredGroup], advantages: torch.Tensor, *, pad_token_id: int) -> TrainBatch:
     """Flatten groups (in order) into one right-padded batch; ``advantages`` is ``[num_groups * G]``."""
-    rows, resp_lens, engine_lps, valid = [], [], [], []
+    rows, resp_lens, engine_lps, token_versions, valid = [], [], [], [], []
     for scored in groups:
         prompt_ids = scored.group.prompt.token_ids
         for completion, ok in zip(scored.group.completions, scored.valid):
             rows.append((len(prompt_ids), list(prompt_ids) + list(completion.token_ids)))
             resp_lens.append(len(completion.token_ids))
             engine_lps.append(completion.logprobs)
+            token_versions.append(completion.versions(scored.group.weights_version))
             valid.append(ok)
     n = len(rows)
     assert advantages.shape == (n,), (advantages.shape, n)
@@ -83,6 +86,7 @@ def collate(groups: list[ScoredGroup], advantages: torch.Tensor, *, pad_token_id
     attention = torch.zeros((n, width), dtype=torch.long)
     loss_mask = torch.zeros((n, width - 1), dtype=torch.float32)
     lps = torch.zeros((n, width - 1), dtype=torch.float32)
+    versions = torch.full((n, width - 1), -1, dtype=torch.long)  # -1: not a generated token
     for i, (prompt_len, ids) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention[i, : len(ids)] = 1
@@ -92,5 +96,6 @@ def collate(groups: list[ScoredGroup], advantages: torch.Tensor, *, pad_token_id
             loss_mask[i, start:stop] = 1.0
         if resp_lens[i]:
             lps[i, start:stop] = torch.tensor(engine_lps[i], dtype=torch.float32)
+            versions[i, start:stop] = torch.tensor(token_versions[i], dtype=torch.long)
     adv = torch.where(torch.tensor(valid), advantages.float(), torch.zeros_like(advantages, dtype=torch.float32))
-    return TrainBatch(input_ids, attention, loss_mask, adv, lps)
+    return TrainBatch(input_ids, attention, loss_mask, adv, lps, versions=versions)

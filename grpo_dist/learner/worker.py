@@ -24,12 +24,14 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from grpo_dist import algo, metric_names
 from grpo_dist.config import Config
+from grpo_dist.learner.anchor import on_policy_tokens, ppo_anchor
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.ds_config import build_ds_config
 from grpo_dist.learner.forward import ForwardSettings, token_outputs
@@ -245,19 +247,23 @@ class LearnerWorker:
         """``ppo_epochs`` passes over this rank's work; one optimizer step per mini-batch (every rank runs the
         same number of micro-batches in each, placeholders included, as the plan guarantees)."""
         lc, ac = self.cfg.learner, self.cfg.algo
+        if self.version != step - 1:  # the controller counted the batch's staleness from step - 1
+            raise RuntimeError(
+                f"learner rank {self.rank} holds weights version {self.version}, but step {step}'s batch was "
+                f"scored against version {step - 1}: the run's step and the learner's state disagree"
+            )
+        anchor = ppo_anchor(self.cfg)
+        if anchor == "recomputed" and work.batch.old_logprobs is None:  # (the controller has them computed first)
+            work = replace(work, batch=replace(work.batch, old_logprobs=self.compute_logprobs(work)))
         engine = self.engine
         engine.train()
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         grad_norms: list[float] = []
         num_skipped = 0
-        # One optimizer step per training step means the policy has not moved when the loss is computed:
-        # the learner's own logprobs are then exactly the old ones and need no extra forward pass.
-        reuse_current = (
-            work.batch.old_logprobs is None and lc.recompute_old_logprobs and not ac.rollout_correction.bypass
-        )
+        reuse_current = anchor == "current"
         mismatch = algo.MismatchStats.empty(self.device)  # every token once: measured in the first epoch
-        num_tokens = 0.0
+        num_tokens = off_policy = 0.0
         clock = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}  # where a rank's step goes
         for epoch in range(lc.ppo_epochs):
             for mini, global_count in zip(work.micro_batches, work.denominators):
@@ -296,6 +302,8 @@ class LearnerWorker:
                     weight = float(micro.loss_mask.sum().item())
                     if epoch == 0:
                         num_tokens += weight
+                        on_policy = on_policy_tokens(micro.versions, micro.loss_mask, learner_version=self.version)
+                        off_policy += weight - float(on_policy.sum().item())
                     for k, v in metrics.items():
                         if k in ("num_tokens", "num_sequences", "loss"):
                             continue  # counts, and the loss, which is summed below rather than averaged
@@ -322,6 +330,8 @@ class LearnerWorker:
         out[metric_names.LEARNER_NUM_SKIPPED_UPDATES] = float(num_skipped)
         out[CONSECUTIVE_NONFINITE] = float(self.consecutive_nonfinite)
         out[LOSS_TOKENS] = num_tokens
+        # tokens sampled with older weights than these ranks held (a token average: the group weighs ranks)
+        out[metric_names.LEARNER_OFF_POLICY_FRAC] = off_policy / num_tokens if num_tokens else 0.0
         out.update({f"timing/learner_{k}_s": v for k, v in clock.items()})
         out.update(self._global_mismatch(mismatch))
         return out

@@ -176,6 +176,7 @@ def test_partial_rollout_continues_samples_under_the_update_that_landed(
     _run(cfg)
     steps, rows = _steps(run_dir), {s: _rows(run_dir, s) for s in (1, 2, 3)}
     assert all(r["token_versions"] == [0] * 96 for r in rows[1])  # before any update: whole, version 0
+    assert steps[1]["learner/off_policy_token_frac"] == 0.0
     for s in (2, 3):  # generated during step s-1's update: started with s-2, continued with s-1
         for r in rows[s]:
             v = r["token_versions"]
@@ -183,6 +184,9 @@ def test_partial_rollout_continues_samples_under_the_update_that_landed(
             assert r["weights_version"] == v[0]
         partial = sum(len(set(r["token_versions"])) > 1 for r in rows[s]) / len(rows[s])
         assert steps[s]["async/partial_ratio"] == partial
+        # the ranks, reading the versions against the weights they hold, count the same off-policy tokens
+        stale = [v < s - 1 for r in rows[s] for v in r["token_versions"]]
+        assert steps[s]["learner/off_policy_token_frac"] == pytest.approx(sum(stale) / len(stale))
         assert steps[s]["async/staleness_max"] == 1.0 and steps[s]["async/dropped_stale"] == 0.0
     continued = [r for r in rows[2] if len(set(r["token_versions"])) > 1]
     assert continued, f"step 1's update landed after batch 2 was whole: {steps[1]['timing/train_s']:.2f} s train"

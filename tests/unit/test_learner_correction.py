@@ -178,7 +178,15 @@ def test_std_correction_reaches_the_advantages() -> None:
 # ------------------------------------------------------------------------------ train() with a fake engine
 
 
-def _train(monkeypatch: pytest.MonkeyPatch, *overrides: str, engine_shift: dict[tuple[int, int], float] | None = None):
+def _train(
+    monkeypatch: pytest.MonkeyPatch,
+    *overrides: str,
+    engine_shift: dict[tuple[int, int], float] | None = None,
+    row_versions: list[int] | None = None,
+    step: int = 1,
+):
+    """``row_versions``: each row's tokens sampled with that weights version (None: a batch without versions);
+    the worker holds ``step - 1``."""
     import deepspeed.comm
 
     monkeypatch.setattr(deepspeed.comm, "all_reduce", lambda tensor, *args, **kwargs: tensor)  # one rank
@@ -197,7 +205,9 @@ def _train(monkeypatch: pytest.MonkeyPatch, *overrides: str, engine_shift: dict[
     mask = torch.zeros(4, 4)
     for i, n in enumerate([5, 4, 5, 3]):
         mask[i, 1 : n - 1] = 1.0  # prompt of 2 tokens, the rest is the response
-    batch = TrainBatch(ids, attention, mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.zeros(4, 4))
+    versions = None if row_versions is None else torch.tensor(row_versions)[:, None].expand(4, 4).clone()
+    batch = TrainBatch(ids, attention, mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.zeros(4, 4), versions=versions)
+    worker.version = step - 1
     with torch.no_grad():
         lp, _ = worker._forward_logprobs(worker.engine.module, batch)
     engine_lp = (lp * mask).clone()
@@ -211,7 +221,7 @@ def _train(monkeypatch: pytest.MonkeyPatch, *overrides: str, engine_shift: dict[
         loss_agg_mode=worker.cfg.algo.loss_agg_mode,
     )
     assert [sorted(work.rows[i] for i in m) for m in work.micro_batches[0]] == [[0, 2], [1, 3]]  # longest first
-    out = worker.train(work, step=1)
+    out = worker.train(work, step=step)
     grads = torch.cat([p.grad.flatten() for p in worker.engine.module.parameters()])
     return out, grads
 
@@ -238,3 +248,52 @@ def test_train_mismatch_is_a_true_max_over_micro_batches_and_the_weights_act(mon
     assert out[FRAC_CLIPPED] == pytest.approx(1 / 9)
     _, uncorrected = _train(monkeypatch, "algo.rollout_correction.mode=none", engine_shift=shift)
     assert not torch.allclose(grads, uncorrected)
+
+
+def test_the_ranks_count_off_policy_tokens_from_the_versions_against_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the ranks hold version 4 (step 5): rows 2 and 3 (3 + 1 of the 9 loss tokens) were sampled with version 3
+    out, _ = _train(monkeypatch, row_versions=[4, 4, 3, 3], step=5)
+    assert out["learner/off_policy_token_frac"] == pytest.approx(4 / 9)
+    out, _ = _train(monkeypatch, row_versions=[4, 4, 4, 4], step=5)
+    assert out["learner/off_policy_token_frac"] == 0.0
+
+
+def test_a_rank_refuses_a_step_it_does_not_hold_the_weights_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = _worker()
+    worker.version = 2
+    with pytest.raises(RuntimeError, match="holds weights version 2, but step 5's batch was scored against version 4"):
+        worker.train(None, step=5)  # type: ignore[arg-type]
+
+
+def test_the_anchor_is_decided_once_from_the_config() -> None:
+    from grpo_dist.learner.anchor import ppo_anchor
+
+    assert ppo_anchor(_cfg("data.train_batch_size=4", "learner.mini_batch_size=4")) == "current"
+    assert ppo_anchor(_cfg("data.train_batch_size=4", "learner.mini_batch_size=2")) == "recomputed"
+    assert (
+        ppo_anchor(_cfg("data.train_batch_size=4", "learner.mini_batch_size=4", "learner.ppo_epochs=2")) == "recomputed"
+    )
+    assert ppo_anchor(_cfg("algo.rollout_correction.bypass=true", "algo.rollout_correction.mode=none")) == "engine"
+    assert ppo_anchor(_cfg("learner.recompute_old_logprobs=false", "algo.rollout_correction.mode=none")) == "engine"
+
+
+def test_a_batch_without_the_old_logprobs_its_anchor_needs_gets_them_from_the_ranks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two epochs (a recomputed anchor) on a batch handed to the ranks without old logprobs, as a benchmark
+    does: the ranks compute them first, so the second epoch's ratio is against the policy before the update
+    (the fake engine's step here applies plain SGD), not against itself, which would make every ratio 1."""
+
+    def sgd_step(self: FakeEngine) -> None:
+        with torch.no_grad():
+            for param in self.module.parameters():
+                if param.grad is not None:
+                    param -= 1.0 * param.grad
+                    param.grad.zero_()
+
+    monkeypatch.setattr(FakeEngine, "step", sgd_step)
+    tight = ("learner.ppo_epochs=2", "algo.clip_ratio_high=1e-4", "algo.clip_ratio_low=1e-4")
+    out, _ = _train(monkeypatch, *tight)
+    assert out["learner/clip_fraction"] > 0.0  # the second epoch's moved policy is clipped against the anchor
+    out, _ = _train(monkeypatch, *tight[1:])  # one epoch, one optimizer step: nothing has moved when it is computed
+    assert out["learner/clip_fraction"] == 0.0
