@@ -70,7 +70,8 @@ def test_drop_stale_masks_only_groups_past_the_bound() -> None:
 class FakeEngines:
     """Generates each prompt's group with the version it holds (refusing below a request's floor, as a real
     engine does); the version travels in the completion tokens. ``fail_at``: the n-th ``generate`` call
-    raises the fault a pool raises when it cannot repair an engine."""
+    raises the fault a pool raises when it cannot repair an engine, half-way through its batch (the groups
+    before it already went to the reward workers)."""
 
     group_size: int
     version: int = 0
@@ -84,13 +85,13 @@ class FakeEngines:
         self, prompts: list[Prompt], spec: Any, *, min_version: int, segment_tokens: int | None = None, **_: Any
     ) -> Iterator[list[RolloutGroup] | EnginesReplaced | SegmentBoundary]:
         self.calls += 1
-        if self.calls == self.fail_at:
-            raise ActorFault("engine 0 died past its budget", actors=[ActorId("rollout", "engine 0")])
         assert self.version >= min_version, f"engine at version {self.version} asked for >= {min_version}"
         if segment_tokens is not None:
             yield from self._in_segments(prompts, spec, segment_tokens)
             return
         for i, p in enumerate(prompts):
+            if self.calls == self.fail_at and i == len(prompts) // 2:  # half the batch's groups already out
+                raise ActorFault("engine 0 died past its budget", actors=[ActorId("rollout", "engine 0")])
             if self.calls == self.replace_at and i == len(prompts) // 2:
                 yield EnginesReplaced([ActorId("rollout", "engine 1")])
             completions = [
