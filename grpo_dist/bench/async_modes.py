@@ -14,6 +14,13 @@ measured in the same run (rollout: the engines' generation and scoring of a batc
 busy time, i.e. the step minus ``timing/trainer_idle_ratio``), and against ``sync``'s step in the same
 layout.
 
+**Partial rollouts.** On the disaggregated layout with a rollout longer than the update (64-token
+answers, EOS ignored), ``one_step_off`` with ``rollout.partial_rollout`` off and ``resume`` (segments of 16
+tokens): the update of step n lands while batch n+1 is generated; ``resume`` publishes it at the next
+segment boundary and the samples continue under it. Set against each other: the step time (what the
+segments cost: one engine call per segment, the KV recomputed after the weights change) and the mean
+staleness per token (what they buy: fresher samples).
+
 **Controller overhead.** The driver's CPU time per step with 1, 4, 16 and 64 engines, each engine
 receiving the same number of prompts (so the work per engine is constant). The engines here are a test
 double: ``CannedEngine`` actors return fixed completions at once, and the learner and weight sync are
@@ -87,7 +94,14 @@ def pin_ranks(learners: Any, cores: list[int]) -> None:
     ray.get([a.__ray_call__.remote(pin, cores) for a in learners.actors], timeout=60)
 
 
-def _run_mode(s: Settings, layout: str, mode: str, bound: int | None) -> list[dict[str, float]]:
+ROLLOUT_HEAVY = ["data.max_response_length=64", "rollout.ignore_eos=true"]
+"""The partial-rollout runs' changes to the disaggregated layout: a rollout longer than the update."""
+PARTIAL_SEGMENT_TOKENS = 16
+
+
+def _run_mode(
+    s: Settings, layout: str, mode: str, bound: int | None, extra: Sequence[str] = ()
+) -> list[dict[str, float]]:
     from grpo_dist.controller import Controller
     from grpo_dist.models.assets import ensure_embedded_model, ensure_task_data
 
@@ -102,6 +116,7 @@ def _run_mode(s: Settings, layout: str, mode: str, bound: int | None) -> list[di
         f"trainer.total_steps={s.async_warmup_steps + s.async_steps + 1}",
         "trainer.save_every=0",
         f"trainer.output_dir={run_dir}",
+        *extra,
     ]
     if bound is not None:
         overrides.append(f"sync.max_staleness={bound}")
@@ -294,6 +309,58 @@ def _overhead_figures(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]
     return {"prompts_per_engine": s.overhead_prompts_per_engine, "measured": measured}, figures
 
 
+def _partial_figures(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    runs: dict[str, dict[str, float]] = {}
+    raw: dict[str, list[dict[str, float]]] = {}
+    for partial in ("off", "resume"):
+        extra = [*ROLLOUT_HEAVY, f"rollout.partial_rollout={partial}"]
+        if partial == "resume":
+            extra.append(f"rollout.partial_segment_tokens={PARTIAL_SEGMENT_TOKENS}")
+        with private_ray(verbose=s.verbose):
+            records = _run_mode(s, "disaggregated", "one_step_off", None, extra)
+        kept = steady(records, s.async_warmup_steps)
+        runs[partial] = phases(kept) | {
+            "token_staleness": statistics.median(r["async/token_staleness_mean"] for r in kept),
+            "partial_ratio": statistics.median(r["async/partial_ratio"] for r in kept),
+        }
+        raw[partial] = [{k: v for k, v in r.items() if k.startswith(("timing/", "async/"))} for r in records]
+        settle()
+    off, on = runs["off"], runs["resume"]
+    name = f"disaggregated, 64-token answers: one_step_off with partial rollouts (segments of {PARTIAL_SEGMENT_TOKENS})"
+    note = (
+        f"partial_rollout resume / off: step {on['step']:.3f} / {off['step']:.3f} s, rollout phase "
+        f"{on['rollout']:.3f} / {off['rollout']:.3f} s, train phase {on['train']:.3f} / {off['train']:.3f} s; "
+        f"samples continued under newer weights {on['partial_ratio']:.0%} (medians over {s.async_steps} steady steps)"
+    )
+    figures = [
+        figure(
+            benchmark="async",
+            model="embedded",
+            name=f"{name}: step vs off",
+            unit="s/step",
+            value=on["step"],
+            bound=off["step"],
+            bound_name="partial_rollout off, same layout",
+            higher_is_better=False,
+            note=note,
+            details={"steps": raw["resume"]},
+        ),
+        figure(
+            benchmark="async",
+            model="embedded",
+            name=f"{name}: staleness per token vs off",
+            unit="versions",
+            value=on["token_staleness"],
+            bound=off["token_staleness"],
+            bound_name="partial_rollout off, same layout",
+            higher_is_better=False,
+            note="mean over the step's tokens of the learner's version minus the version each was sampled with",
+            details={"steps": raw["off"]},
+        ),
+    ]
+    return {"overrides": [*LAYOUTS["disaggregated"], *ROLLOUT_HEAVY], "runs": runs}, figures
+
+
 def bench_async(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     config: dict[str, Any] = {"layouts": {}}
     figures: list[dict[str, Any]] = []
@@ -301,5 +368,6 @@ def bench_async(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         layout_config, layout_figures = _layout_figures(s, layout)
         config["layouts"][layout] = layout_config
         figures += layout_figures
+    config["partial"], partial_figures = _partial_figures(s)
     config["overhead"], overhead_figures = _overhead_figures(s)
-    return config, figures + overhead_figures
+    return config, figures + partial_figures + overhead_figures
