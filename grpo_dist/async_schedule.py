@@ -13,8 +13,10 @@ The controller generates batches in step order, ahead of the learner, under two 
   generated, ``barrier`` being the next step that writes a checkpoint (nothing is in flight after it).
 
 Under both, every batch is generated at a version fixed by the schedule (never "whatever the engines
-held when a timer fired"; the one exception is an engine replaced during an update, which gets that
-update's newer weights), so a run is reproducible, and one resumed from a barrier continues it exactly;
+held when a timer fired"; the exceptions are an engine replaced during an update, which gets that
+update's newer weights, and partial rollouts, which publish an update as soon as it lands and so
+continue samples under it: ``grpo_dist.rollout.partial``), so a run is reproducible, and one resumed
+from a barrier continues it exactly;
 and nothing is generated that the bound would then throw away. ``drop_stale`` is the hard stop behind them: a group
 older than the bound (which the schedule does not produce) is masked out of the loss and counted.
 """

@@ -20,7 +20,8 @@
 ```
 
 In the overlapping modes (``trainer.async_mode``) the engines generate later steps' batches while the ranks
-train; ``grpo_dist.async_schedule`` says which, and with what weights. The run's parts are built by
+train; ``grpo_dist.async_schedule`` says which, and with what weights (with partial rollouts an update
+reaches them between segments: ``grpo_dist.rollout.partial``). The run's parts are built by
 ``grpo_dist.run_parts.build_run`` after ``grpo_dist.preflight`` checked its inputs; where the run stands
 is one ``RunState``, which is also what a checkpoint records. Each phase is timed (``timing/*_s``); each
 step's metrics go to ``metrics.jsonl``, TensorBoard and the terminal, and every completion to
@@ -354,7 +355,8 @@ class Controller:
     def _sample_ahead(self, pending: PendingTrain, ahead: deque[SampledBatch]) -> int:
         """While ``pending`` (the update of its step) runs, generate into ``ahead`` every later batch the
         schedule admits (``grpo_dist.async_schedule``); returns how many. ``sync`` mode (bound 0) and a
-        checkpoint step admit none."""
+        checkpoint step admit none. In a partial rollout an update that landed is published before each
+        batch and at each segment boundary."""
         step, bound = pending.step, self._max_staleness()
         horizon = generation_horizon(step, max_staleness=bound, barrier=self._next_barrier(step))
         generated = 0

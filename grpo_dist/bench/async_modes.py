@@ -195,13 +195,17 @@ class CannedEngine:
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": 0}
 
-    def generate(self, prompts: list[Any], spec: Any, *, batch_indices: list[int], **_: Any) -> list[Any]:
+    def generate(
+        self, prompts: list[Any], spec: Any, *, batch_indices: list[int], min_version: int, **_: Any
+    ) -> list[Any]:
         from grpo_dist.types import Completion, RolloutGroup
 
         tokens = [17] * spec.max_tokens
         completions = [Completion(tokens, [-0.5] * len(tokens), "length", str(i % 10)) for i in range(spec.n)]
+        # it holds whatever weights are asked for (the sync is a no-op double): no group is ever stale
         return [
-            RolloutGroup(p, completions, 0, self.engine_index, batch_index=b) for p, b in zip(prompts, batch_indices)
+            RolloutGroup(p, completions, min_version, self.engine_index, batch_index=b)
+            for p, b in zip(prompts, batch_indices)
         ]
 
 
