@@ -235,17 +235,15 @@ class Controller:
         self._publish_latest()  # (an engine that dies meanwhile is replaced too)
 
     def _publish_landed(self) -> None:
-        """A partial rollout's segment boundary, or the start of a batch ahead in one: the update in flight,
-        once it has landed, reaches the engines now, and the samples continue under it (rather than waiting
-        for the batches ahead to finish)."""
+        """A partial rollout's segment boundary (or a batch ahead's start): a landed update reaches the
+        engines now, and the samples continue under it."""
         pending = self._update_in_flight
         if pending is not None and pending.done() and self._state().weights_version < pending.step:
             pending.result()  # a failed update raises here
             self._publish_latest()
 
     def _publish_latest(self) -> None:
-        """The learner's newest weights into every engine: during an overlapped update the update's own (its
-        step's record then keeps this publish's figures), else the last step's."""
+        """The newest weights into every engine: an overlapped update's (its record keeps the figures)."""
         pending = self._update_in_flight
         if pending is None:
             self._sync(self._state().weights_version)
@@ -362,7 +360,11 @@ class Controller:
         generated = 0
         while (target := step + len(ahead) + 1) <= horizon:
             if segment_tokens(self.cfg) is not None:
-                self._publish_landed()
+                try:
+                    self._publish_landed()
+                except (ActorFault, TimeoutError):
+                    self._finish_before_abort(pending)  # the update landed: the abort must checkpoint it
+                    raise
             if not admits(target, engine_version=self._state().weights_version, max_staleness=bound):
                 break
             ahead.append(self._sample_during(pending, target))

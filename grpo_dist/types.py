@@ -53,8 +53,9 @@ class Completion:
 
 @dataclass(frozen=True)
 class RolloutGroup:
-    """The G completions of one prompt, all from one engine; generated with one weights version, or, in a
-    partial rollout, started with it and continued with newer ones (see ``Completion.token_versions``)."""
+    """The G completions of one prompt, from one engine (``engine_index``; a partial rollout whose engine
+    died continues on another); generated with one weights version, or, in a partial rollout, started with
+    it and continued with newer ones (see ``Completion.token_versions``)."""
 
     prompt: Prompt
     completions: list[Completion]

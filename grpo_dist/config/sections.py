@@ -86,7 +86,8 @@ class RolloutConfig(Section):
     waits until the engines are done with the batches ahead. ``resume``: samples are generated in segments
     of ``partial_segment_tokens``; an update that lands meanwhile is published at the next segment boundary
     and the samples continue under it from their tokens so far (each token keeps the logprob and weights
-    version it was sampled with)."""
+    version it was sampled with). When an update lands is a matter of timing, so which tokens get the new
+    weights differs between runs: prompts, order and resume stay exact, the versions do not."""
     partial_segment_tokens: int | None = Field(None, ge=1)
     """Tokens per sample in one engine call of a partial rollout: how long an update that landed waits to
     reach an engine. Unset: a quarter of ``data.max_response_length``. Only with ``partial_rollout: resume``."""

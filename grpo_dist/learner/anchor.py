@@ -10,9 +10,10 @@ controller (which has the ranks compute what the anchor needs before the update)
 
 With a learner anchor (``current``, ``recomputed``) the learner's weights version is the proximal policy of
 decoupled PPO: tokens sampled with older weights (the overlapping modes, partial rollouts) are pulled to
-it by the rollout correction, with the engine's logprobs as their behaviour policy. Which tokens those are
-is read off the batch's per-token versions against the version the ranks hold (``on_policy_tokens``), not
-assumed from the mode.
+it by the rollout correction, with the engine's logprobs as their behaviour policy (the correction weighs
+every token alike: for an on-policy token it only absorbs the kernel mismatch). Which tokens are off-policy
+is read off the batch's per-token versions against the version the ranks hold (``on_policy_tokens``, the
+``learner/off_policy_token_frac`` figure), not assumed from the mode.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def extend_completion(
     The engine saw the prefix as prompt, so a stop string that begins in the prefix's text and ends in the
     segment's went unnoticed there; it is found here and the sample cut as the engine would have cut it
     (the text before the stop string; the tokens up to the one that completed it, which ``decode``, the
-    engine's detokenizer, locates).
+    engine's detokenizer of a whole answer's ids, locates).
     """
     new_versions = [version] * len(segment.token_ids)
     if prefix is None:
@@ -92,7 +92,10 @@ def extend_completion(
     if hit is not None and decode is not None:
         start, end = hit  # the stop string's span in the joined text
         needed = end - len(prefix.text)  # characters of the segment's text it takes
-        keep = next((k for k in range(1, len(tokens) + 1) if len(decode(tokens[:k])) >= needed), len(tokens))
+        so_far = list(prefix.token_ids)  # decoded with the prefix in front, as the engine decoded the segment
+        base = len(decode(so_far))
+        grown = (k for k in range(1, len(tokens) + 1) if len(decode(so_far + tokens[:k])) - base >= needed)
+        keep = next(grown, len(tokens))
         tokens, logprobs, new_versions = tokens[:keep], logprobs[:keep], new_versions[:keep]
         text, finish = text[:start], "stop"
     return Completion(

@@ -251,9 +251,17 @@ class EnginePool:
             pending[ref] = (actor, requests)
 
         def resubmit(requests: list[SegmentRequest]) -> None:
-            requests = sorted(requests, key=lambda r: r.key)
-            costs = [samples.cost(r) for r in requests]
-            self._submit(requests, costs=costs, send=send, chunks_per_engine=chunks_per_engine)
+            # a group's samples stay together on one engine: they share the prompt's KV blocks
+            by_group: dict[int, list[SegmentRequest]] = {}
+            for r in sorted(requests, key=lambda r: r.key):
+                by_group.setdefault(r.batch_index, []).append(r)
+            groups = list(by_group.values())
+            costs = [sum(samples.cost(r) for r in g) for g in groups]
+
+            def send_groups(actor: Any, part: list[list[SegmentRequest]]) -> None:
+                send(actor, [r for g in part for r in g])
+
+            self._submit(groups, costs=costs, send=send_groups, chunks_per_engine=chunks_per_engine)
 
         def on_result(
             actor: Any, requests: list[SegmentRequest], answer: Segments
@@ -263,7 +271,10 @@ class EnginePool:
                 yield whole
             if more:
                 yield SegmentBoundary(answer.engine_index)
-                send(actor, more)  # the same engine: its prefix cache holds the samples unless weights changed
+                if self.supervisor.position_of(actor) is None:  # replaced meanwhile (it died in a sync)
+                    resubmit(more)
+                else:
+                    send(actor, more)  # the same engine: its prefix cache holds the samples unless weights changed
 
         resubmit(samples.first_requests())
         yield from self._stream(pending, resubmit, on_result, step=step)
@@ -303,7 +314,7 @@ class EnginePool:
         import ray
 
         try:
-            deadline = time.monotonic() + self.cfg.rollout.request_timeout_s
+            deadline = time.monotonic() + self.cfg.rollout.request_timeout_s  # for the whole rollout
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
                 if not ready:
@@ -321,9 +332,11 @@ class EnginePool:
                     lost = work + [w for a, ws in list(pending.values()) if a is actor for w in ws]
                     for other in [r for r, (a, _) in pending.items() if a is actor]:
                         del pending[other]
-                    dead = self._id_of(actor)
-                    self.replace_failed(self.supervisor.position_of(actor), step=step, reason="died during the rollout")
-                    yield EnginesReplaced([dead])
+                    position = self.supervisor.position_of(actor)
+                    if position is not None:  # (a sync in the caller's boundary step may have replaced it already)
+                        dead = self._id_of(actor)
+                        self.replace_failed(position, step=step, reason="died during the rollout")
+                        yield EnginesReplaced([dead])
                     self.fault_stats["chunks_resubmitted"] += 1
                     resubmit(lost)
                     # the resubmitted work gets a whole deadline: the recovery may have waited (for an update in flight)
