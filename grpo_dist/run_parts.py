@@ -110,8 +110,9 @@ def build_run(
 
 def _start_actors(parts: RunParts, run_dir: Path, *, training: bool, state: RunState, resume_from: Path | None) -> None:
     from grpo_dist.learner.group import LearnerGroup
+    from grpo_dist.learner.lora import ADAPTER_DIR
     from grpo_dist.reward.pool import RewardPool
-    from grpo_dist.rollout.pool import EnginePool
+    from grpo_dist.rollout.pool import EnginePool, serves_adapters
 
     cfg, device = parts.cfg, parts.device
     specs = role_specs(cfg, device, with_learner=training)
@@ -119,13 +120,19 @@ def _start_actors(parts: RunParts, run_dir: Path, *, training: bool, state: RunS
     check_resources(specs, reward_cpus(cfg))
     # engines start in their own processes while the learner ranks rendezvous
     placements = place_roles(specs, timeout_s=cfg.cluster.placement_timeout_s)
+    model_path, adapter = parts.inputs.model_path, None
+    if resume_from is not None and serves_adapters(cfg):  # the base, and the checkpoint's adapter on it
+        adapter = str(resume_from / "hf" / ADAPTER_DIR)
+    elif resume_from is not None:
+        model_path = str(resume_from / "hf")
     parts.engines = EnginePool(
         cfg,
         placement=placements["rollout"],
-        model_path=str(resume_from / "hf") if resume_from is not None else parts.inputs.model_path,
+        model_path=model_path,
         device=device,
         max_model_len=parts.max_model_len,
         initial_version=state.weights_version,
+        initial_adapter=adapter,
     )
     parts.rewards = RewardPool(
         cfg.reward,

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from grpo_dist.config.sections import VLLM_LORA_RANKS
 from grpo_dist.embedded import EMBEDDED_MODEL
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ def cross_field_errors(cfg: Config) -> list[str]:
             f"algo.rollout_correction.mode = 'none' (got {rc.mode!r})"
         )
     errors += _async_errors(cfg)
+    errors += _lora_errors(cfg)
     if a.clip_ratio_c is not None and a.ratio_level == "sequence":
         errors.append("algo.clip_ratio_c (dual clip) is defined for token-level ratios; unset it for GSPO")
     if cfg.trainer.resume not in ("never", "auto") and not cfg.trainer.resume:
@@ -99,6 +101,27 @@ STALENESS_OF_MODE = {"sync": 0, "one_step_off": 1, "async": 1}
 ``one_step_off`` produce exactly theirs and accept no other; ``async`` takes any bound."""
 
 FIXED_STALENESS_MODES = ("sync", "one_step_off")
+
+
+def _lora_errors(cfg: Config) -> list[str]:
+    lora, errors = cfg.model.lora, []
+    if lora.load_in_4bit and cfg.cluster.device == "cpu":
+        errors.append(
+            "model.lora.load_in_4bit = true with cluster.device = 'cpu': QLoRA's 4-bit base needs a CUDA GPU "
+            "(bitsandbytes' NF4 kernels); on a CPU use model.lora.load_in_4bit = false"
+        )
+    elif lora.load_in_4bit:
+        errors.append(
+            "model.lora.load_in_4bit = true: QLoRA (a 4-bit base) is not implemented yet; train LoRA on the "
+            "model's own dtype (model.lora.load_in_4bit = false)"
+        )
+    top = VLLM_LORA_RANKS[-1]
+    if lora.sync == "adapter" and lora.rank > top:
+        errors.append(
+            f"model.lora.rank = {lora.rank} with model.lora.sync = 'adapter': vLLM serves adapters up to rank {top}; "
+            "lower the rank or use model.lora.sync = 'merged'"
+        )
+    return errors
 
 
 def max_staleness(cfg: Config) -> int:

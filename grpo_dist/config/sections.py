@@ -37,6 +37,61 @@ class DataConfig(Section):
     """``auto`` renders chat-message prompts with the tokenizer's template and leaves strings as they are."""
 
 
+LORA_TARGETS_ALL = "all-linear"
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ``max_lora_rank`` values vLLM accepts (it refuses others at start)."""
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"model.lora.rank = {rank}: vLLM serves adapters up to rank {VLLM_LORA_RANKS[-1]}")
+
+
+class LoraConfig(Section):
+    """LoRA: the learner trains low-rank adapters on a frozen base (peft) instead of the whole model."""
+
+    rank: int = Field(0, ge=0)
+    """Adapter rank r; 0 turns LoRA off (the whole model trains)."""
+    alpha: float = Field(32.0, gt=0.0)
+    """The adapter's output is scaled by ``alpha / rank``. With alpha fixed, the best learning rate barely
+    depends on the rank; LoRA wants about 10x full fine-tuning's learning rate."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapters' input while training (never when computing logprobs to compare or anchor)."""
+    target_modules: Literal["all-linear"] | list[str] = LORA_TARGETS_ALL
+    """The linear layers that get adapters: ``all-linear`` (every linear layer but the output layer), or
+    module names such as ``[q_proj, v_proj]``."""
+    sync: Literal["adapter", "merged"] = "adapter"
+    """How updates reach the engines. ``adapter``: vLLM serves the base with the adapter (LoRA kernels);
+    only the adapter's tensors travel. ``merged``: every linear layer's ``W0 + alpha/rank * B @ A`` is
+    computed (out of place: the learner's base is never touched) and sent as full weights."""
+    load_in_4bit: bool = False
+    """QLoRA: the learner holds the frozen base in 4-bit NF4 (bitsandbytes). GPU only."""
+
+    @model_validator(mode="after")
+    def _check_off(self) -> LoraConfig:
+        if self.rank == 0:
+            fields = type(self).model_fields
+            unused = [n for n, f in fields.items() if getattr(self, n) != f.get_default(call_default_factory=True)]
+            if unused:
+                raise ValueError(f"{', '.join(unused)} changed while rank = 0 (LoRA off): set rank > 0 or leave them")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules = []: name at least one module, or use 'all-linear'")
+        untargetable = sorted(set(self.target_modules) & {"lm_head", "embed_tokens"}) if self.target_modules else []
+        if isinstance(self.target_modules, list) and untargetable:
+            raise ValueError(
+                f"target_modules names {untargetable}: adapters go on the transformer's linear layers only (vLLM "
+                "drops an output-layer adapter from the logprobs it scores, and embeddings are often tied to it)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 class ModelConfig(Section):
     path: str | None = None
     """A Hugging Face model directory. None means the embedded default (``grpo-dist init-model``)."""
@@ -46,6 +101,8 @@ class ModelConfig(Section):
     """Context length; None reads ``max_position_embeddings`` from the model's config."""
     trust_remote_code: bool = False
     """Allow model code from the model directory (off: only architectures transformers ships)."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """Train LoRA adapters instead of the whole model (off by default)."""
 
 
 class RolloutConfig(Section):

@@ -77,7 +77,8 @@ def token_outputs(
     head = fused_head_weight(model) if settings.fused_head and not entropy_grad else None
     t, chunk = settings.temperature, settings.chunk_size
     if head is not None:
-        base = getattr(model, model.base_model_prefix)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # (under peft's wrapper)
+        base = getattr(inner, inner.base_model_prefix)  # its adapters, if any, are inside its layers
         hidden = base(**kwargs).last_hidden_state  # [1, S, H] or [n, W, H]
         hidden = hidden[0, :-1] if settings.packing else hidden[:, :-1].reshape(-1, hidden.shape[-1])
         weight, softcap = head

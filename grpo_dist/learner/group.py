@@ -141,6 +141,9 @@ class LearnerGroup:
     def weight_plan(self) -> list[Bucket]:
         return self._call_one(0, "weight_plan", timeout_s=60.0)
 
+    def adapter_config(self) -> dict[str, Any] | None:
+        return self._call_one(0, "adapter_config", timeout_s=60.0)
+
     def address(self) -> tuple[str, int]:
         return self._call_one(0, "address", timeout_s=60.0)
 

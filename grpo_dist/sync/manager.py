@@ -53,10 +53,14 @@ class WeightSync:
         self.num_syncs = 0
         self.transport = cfg.sync.transport
         self.plan = learners.weight_plan()
+        self.adapter_config = learners.adapter_config()  # None unless syncs carry LoRA adapters
         self.num_bytes = sum(b.nbytes for b in self.plan)
         self.backend = "nccl" if device == "cuda" else "gloo"
         self.connect()
-        logger.info("weight sync: %s, %d buckets, %.1f MB", self.transport, len(self.plan), self.num_bytes / 1e6)
+        what = "LoRA adapter" if self.adapter_config is not None else "weights"
+        logger.info(
+            "weight sync (%s): %s, %d buckets, %.2f MB", what, self.transport, len(self.plan), self.num_bytes / 1e6
+        )
 
     def connect(self) -> None:
         """(Re)build the sync group over the current engines: at start, and after an engine was replaced
@@ -67,7 +71,7 @@ class WeightSync:
             host, port = self.learners.address()
             common |= {"host": host, "port": port, "world_size": 1 + self.engines.num_engines}
         refs = self.learners.init_weight_sync_refs(**common)
-        refs += self.engines.init_weight_sync_refs(plan=self.plan, **common)
+        refs += self.engines.init_weight_sync_refs(plan=self.plan, adapter_config=self.adapter_config, **common)
         wait_all(refs, timeout_s=timeout, what="weight-sync group set-up", actors=self.learners.ids + self.engines.ids)
 
     def sync(self, version: int) -> dict[str, float]:

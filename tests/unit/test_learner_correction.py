@@ -11,6 +11,7 @@ import torch
 
 from grpo_dist.algo.rollout_correction import FRAC_CLIPPED, IS_RATIO_MAX, LOGP_DIFF_MAX, LOGP_DIFF_MEAN
 from grpo_dist.config import Config, apply_overrides, parse_config
+from grpo_dist.learner.anchor import anchor_and_correction
 from grpo_dist.learner.batch import TrainBatch
 from grpo_dist.learner.work import MicroBatching, split_step
 from grpo_dist.learner.worker import LearnerWorker
@@ -49,7 +50,7 @@ def _micro(*, with_old: bool) -> tuple[TrainBatch, torch.Tensor]:
 
 def test_recomputed_old_logprobs_are_the_anchor_and_the_corrected_side() -> None:
     micro, lp = _micro(with_old=True)
-    old, weights, stats = _worker()._anchor(lp, micro, reuse_current=False)  # default mode tis, clip 2
+    old, weights, stats = anchor_and_correction(lp, micro, _cfg(), reuse_current=False)  # default mode tis, clip 2
     torch.testing.assert_close(old, micro.old_logprobs)
     assert weights is not None and not weights.requires_grad
     torch.testing.assert_close(weights, torch.tensor([[2.0, 1.0, 0.4], [1.5, 1.5, 0.0]]))
@@ -58,12 +59,12 @@ def test_recomputed_old_logprobs_are_the_anchor_and_the_corrected_side() -> None
     assert m[LOGP_DIFF_MAX] == pytest.approx(LN(3.0), rel=1e-6)
     assert m[IS_RATIO_MAX] == pytest.approx(3.0, rel=1e-6)
     assert m[FRAC_CLIPPED] == pytest.approx(1 / 5)
-    assert _worker()._anchor(lp, micro, reuse_current=False, measure=False)[2] is None
+    assert anchor_and_correction(lp, micro, _cfg(), reuse_current=False, measure=False)[2] is None
 
 
 def test_reused_current_logprobs_are_the_anchor_when_the_policy_has_not_moved() -> None:
     micro, lp = _micro(with_old=False)
-    old, weights, stats = _worker()._anchor(lp, micro, reuse_current=True)
+    old, weights, stats = anchor_and_correction(lp, micro, _cfg(), reuse_current=True)
     assert torch.equal(old, lp.detach()) and not old.requires_grad
     assert weights is not None
     torch.testing.assert_close(weights, torch.tensor([[1.1, 1.0, 1.0], [1.0, 1.0, 0.0]]))
@@ -101,14 +102,14 @@ def test_reused_current_logprobs_are_the_anchor_when_the_policy_has_not_moved() 
 )
 def test_every_correction_field_changes_the_weights(overrides: list[str], expected: list[list[float]]) -> None:
     micro, lp = _micro(with_old=True)
-    _, weights, _ = _worker(*overrides)._anchor(lp, micro, reuse_current=False)
+    _, weights, _ = anchor_and_correction(lp, micro, _cfg(*overrides), reuse_current=False)
     assert weights is not None
     torch.testing.assert_close(weights, torch.tensor(expected))
 
 
 def test_mode_none_passes_no_weights_but_still_measures() -> None:
     micro, lp = _micro(with_old=True)
-    _, weights, stats = _worker("algo.rollout_correction.mode=none")._anchor(lp, micro, reuse_current=False)
+    _, weights, stats = anchor_and_correction(lp, micro, _cfg("algo.rollout_correction.mode=none"), reuse_current=False)
     assert weights is None
     assert stats is not None and stats.metrics()[FRAC_CLIPPED] == 0.0
     assert stats.metrics()[IS_RATIO_MAX] == pytest.approx(3.0, rel=1e-6)
@@ -126,7 +127,7 @@ def test_engine_anchor_measures_the_current_policy(overrides: list[str]) -> None
     bypass = "algo.rollout_correction.bypass=true" in overrides
     if not bypass:
         micro = replace(micro, old_logprobs=None)
-    old, weights, stats = _worker(*overrides)._anchor(lp, micro, reuse_current=False)
+    old, weights, stats = anchor_and_correction(lp, micro, _cfg(*overrides), reuse_current=False)
     torch.testing.assert_close(old, micro.engine_logprobs)
     assert weights is None
     assert stats is not None
