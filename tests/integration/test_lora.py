@@ -80,8 +80,9 @@ def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
 def test_merged_sync_keeps_engines_on_the_learners_policy_and_never_touches_the_base(
     local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
-    """``merged`` under ZeRO-3 (each merge gathers its layer): three updates, each checked by behaviour (< 1e-4); then 100 more syncs, after which the
-    learner's frozen base is bit-identical to what it was before the first, and the engines still agree."""
+    """``merged`` under ZeRO-3 (each merge gathers its layer): three updates, each checked by behaviour
+    (< 1e-4); then 100 more syncs, after which the learner's frozen base is bit-identical to what it was
+    before the first, and the engines still agree."""
     from grpo_dist.config import load_config
     from grpo_dist.controller import Controller
 
