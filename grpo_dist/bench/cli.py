@@ -16,6 +16,7 @@ from grpo_dist.bench.async_modes import bench_async
 from grpo_dist.bench.common import Settings, bench_config, settings_for
 from grpo_dist.bench.e2e import bench_e2e
 from grpo_dist.bench.learner import bench_learner
+from grpo_dist.bench.lora import bench_lora
 from grpo_dist.bench.packing import bench_packing
 from grpo_dist.bench.records import (
     BENCHMARKS,
@@ -44,6 +45,7 @@ RUNNERS: dict[str, Callable[[Settings], tuple[dict[str, Any], list[dict[str, Any
     "trl": bench_trl,
     "packing": bench_packing,
     "trl-real": bench_trl_real,
+    "lora": bench_lora,
 }
 
 

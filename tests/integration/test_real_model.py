@@ -148,3 +148,76 @@ def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_pa
         ids = torch.tensor(seqs[0])[None]
         lp = torch.log_softmax(initial(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
     assert max(abs(a - b) for a, b in zip(lp.tolist(), learner[0])) > 1e-3  # and the policy did move
+
+
+def test_lora_adapter_engine_computes_the_learners_policy_and_the_merged_model(
+    smollm2: Path, tmp_path: Path, local_ray: None
+) -> None:
+    """LoRA on the real tied-embedding model, adapters to the engines (``model.lora.sync: adapter``): after
+    each of two updates the engine serving base + adapter computes the learner's logprobs (fp32, < 1e-4, the
+    behavioural check of every sync); and a second engine started on the run's merged export computes the
+    same logprobs as the adapter engine (< 1e-4), which in turn differ from the base model's."""
+    import ray
+
+    from grpo_dist.config import load_config
+    from grpo_dist.controller import Controller
+    from grpo_dist.metrics import read_metrics
+    from grpo_dist.rollout.engine import create_engine_actor, engine_env
+    from grpo_dist.tasks.arithmetic import NAMED_TASKS, write_splits
+
+    named = NAMED_TASKS["chat-addition-1d"]
+    train, _ = write_splits(tmp_path / "data", num_train=named.num_train, num_eval=0, seed=0, task=named.task)
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        RECIPE,
+        [
+            f"model.path={smollm2}",
+            f"data.train_files=[{train}]",
+            "data.eval_files=[]",
+            f"trainer.output_dir={run_dir}",
+            "trainer.total_steps=2",
+            "trainer.eval_every=0",
+            "data.train_batch_size=2",
+            "learner.mini_batch_size=2",
+            "learner.micro_batch_size=4",
+            "data.max_response_length=16",
+            "algo.kl_coef=0",
+            "model.lora.rank=8",
+            "learner.lr=2e-3",  # LoRA's learning rate; the adapters must move the policy in two steps
+            "sync.probe_every=1",
+            "sync.probe_tolerance=1e-4",
+            "logging.progress=off",
+        ],
+    )
+    with Controller(cfg) as controller:
+        controller.start()
+        controller.run()
+        steps = [m for m in read_metrics(run_dir) if "learner/loss" in m]
+        assert len(steps) == 2 and all(m["sync/probe_max_diff"] < 1e-4 for m in steps)
+        seqs = [list(p.token_ids) for p in controller.inputs.train_prompts[:4]]
+        served = ray.get(controller.engines.actors[0].sequence_token_logprobs.remote(seqs), timeout=120)
+
+    engines = {}
+    for name, path in (("merged", run_dir / "final"), ("base", smollm2)):
+        engines[name] = create_engine_actor(
+            options={"num_cpus": 1},
+            env=engine_env(device="cpu", cpu_ids=None),
+            engine_index=0,
+            model_path=str(path),
+            dtype="float32",
+            device="cpu",
+            max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
+            seed=0,
+            kv_cache_gib=0.25,
+        )
+    try:
+        scored = {n: ray.get(a.sequence_token_logprobs.remote(seqs), timeout=300) for n, a in engines.items()}
+    finally:
+        for a in engines.values():
+            ray.kill(a, no_restart=True)
+
+    def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+        return max(abs(x - y) for r1, r2 in zip(a, b) for x, y in zip(r1, r2))
+
+    assert max_diff(served, scored["merged"]) < 1e-4
+    assert max_diff(served, scored["base"]) > 1e-2  # the adapter moved the policy
