@@ -5,8 +5,11 @@ Layout under ``RUN_DIR/checkpoints/``::
     step_000010/
         manifest.json      every other file's size and sha256 (written last)
         controller.json    step, data cursor, weights version, the config it was written under
-        learner/           DeepSpeed state of every rank: model, optimizer, LR scheduler
+        learner/           DeepSpeed state of every rank: model, optimizer, LR scheduler (with LoRA: the
+                           adapters and their optimizer state; the frozen base is the run's model.path)
         hf/                the policy in Hugging Face format (safetensors): transformers and vLLM load it
+            adapter/       with LoRA: the adapter in peft's format (PeftModel.from_pretrained, vLLM's
+                           LoRARequest); hf/ itself holds the merged model
     latest                 the name of the newest complete checkpoint
 
 A checkpoint is written into ``.tmp-step_000010-<pid>/``, every file is fsynced, the manifest is
@@ -86,6 +89,9 @@ class CheckpointManager:
             raise ValueError(f"trainer.keep_last = {keep_last}: keep at least one checkpoint")
         self.root = root
         self.keep_last = keep_last
+        self.resumed_from: Path | None = None
+        """The checkpoint this run started from (``resolve``): never pruned while the run lives, because a
+        replaced engine restarts from its export (or its adapter) before it is brought up to date."""
 
     # ---------------------------------------------------------------------------------------------- write
 
@@ -120,11 +126,13 @@ class CheckpointManager:
         return final
 
     def prune(self) -> None:
-        """Remove all but the newest ``keep_last`` complete checkpoints (never the one ``latest`` names)."""
+        """Remove all but the newest ``keep_last`` complete checkpoints (never the one ``latest`` names, nor
+        the one the run resumed from)."""
         latest = self.latest_name()
         complete = self.list()
+        kept = self.resumed_from.resolve() if self.resumed_from is not None else None
         for path in complete[: max(0, len(complete) - self.keep_last)]:
-            if path.name != latest:
+            if path.name != latest and path.resolve() != kept:
                 shutil.rmtree(path, ignore_errors=True)
 
     def cleanup(self) -> list[Path]:
@@ -204,6 +212,7 @@ class CheckpointManager:
                 else "; no other checkpoint verifies"
             )
             raise CheckpointError(f"cannot resume: {exc}{hint}") from None
+        self.resumed_from = path
         return path
 
     def _newest_valid(self, *, exclude: Path) -> Path | None:

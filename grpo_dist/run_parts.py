@@ -115,6 +115,8 @@ def _start_actors(parts: RunParts, run_dir: Path, *, training: bool, state: RunS
     from grpo_dist.rollout.pool import EnginePool, serves_adapters
 
     cfg, device = parts.cfg, parts.device
+    if resume_from is not None and training:
+        check_same_trainable(cfg, resume_from)
     specs = role_specs(cfg, device, with_learner=training)
     parts.owns_ray = cluster.init_ray(cfg, total_cpus(specs, reward_cpus(cfg)))
     check_resources(specs, reward_cpus(cfg))
@@ -158,6 +160,32 @@ def _start_actors(parts: RunParts, run_dir: Path, *, training: bool, state: RunS
 
         parts.metrics = MetricsLogger(
             cfg, run_dir, total_steps=cfg.trainer.total_steps, initial_step=state.trained_step
+        )
+
+
+LORA_SHAPE_FIELDS = ("rank", "alpha", "target_modules")
+"""What a checkpoint's trainable state depends on: resuming under other values would load tensors of other
+shapes (DeepSpeed fails deep inside) or, for ``alpha``, silently train another policy."""
+
+
+def check_same_trainable(cfg: Config, checkpoint: Path) -> None:
+    """Refuse to resume from a checkpoint whose trainable parameters are not the ones ``cfg`` trains: LoRA on
+    vs off, or another rank, alpha or set of target modules (the checkpoint keeps the config it was written
+    under)."""
+    import json
+
+    from grpo_dist.run_state import CONTROLLER_STATE
+
+    saved = json.loads((checkpoint / CONTROLLER_STATE).read_text()).get("config", {})
+    before = saved.get("model", {}).get("lora", {"rank": 0})
+    now = cfg.model.lora.model_dump(mode="json")
+    if before.get("rank", 0) == 0 and now["rank"] == 0:
+        return
+    changed = [f"model.lora.{k} {before.get(k)!r} -> {now[k]!r}" for k in LORA_SHAPE_FIELDS if before.get(k) != now[k]]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it was trained with other trainable parameters ({', '.join(changed)}); "
+            "resume with the checkpoint's model.lora settings, or start a new run"
         )
 
 

@@ -59,7 +59,9 @@ class LoraConfig(Section):
     """The adapter's output is scaled by ``alpha / rank``. With alpha fixed, the best learning rate barely
     depends on the rank; LoRA wants about 10x full fine-tuning's learning rate."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    """Dropout on the adapters' input while training (never when computing logprobs to compare or anchor)."""
+    """Dropout on the adapters' input in the training forward only. The logprobs compared with the engines'
+    and a recomputed PPO anchor are computed without it, so with dropout an unchanged policy's ratio is not
+    exactly 1; RL recipes keep it at 0."""
     target_modules: Literal["all-linear"] | list[str] = LORA_TARGETS_ALL
     """The linear layers that get adapters: ``all-linear`` (every linear layer but the output layer), or
     module names such as ``[q_proj, v_proj]``."""
@@ -76,11 +78,13 @@ class LoraConfig(Section):
             fields = type(self).model_fields
             unused = [n for n, f in fields.items() if getattr(self, n) != f.get_default(call_default_factory=True)]
             if unused:
-                raise ValueError(f"{', '.join(unused)} changed while rank = 0 (LoRA off): set rank > 0 or leave them")
+                settings = ", ".join(f"{n} = {getattr(self, n)!r}" for n in unused)
+                raise ValueError(f"{settings} set while rank = 0 (LoRA off): set rank > 0 to train adapters, or unset")
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("target_modules = []: name at least one module, or use 'all-linear'")
-        untargetable = sorted(set(self.target_modules) & {"lm_head", "embed_tokens"}) if self.target_modules else []
-        if isinstance(self.target_modules, list) and untargetable:
+        targets = self.target_modules if isinstance(self.target_modules, list) else []
+        untargetable = sorted(set(targets) & {"lm_head", "embed_tokens"})
+        if untargetable:
             raise ValueError(
                 f"target_modules names {untargetable}: adapters go on the transformer's linear layers only (vLLM "
                 "drops an output-layer adapter from the logprobs it scores, and embeddings are often tied to it)"

@@ -121,11 +121,21 @@ def peft_config(lora: LoraConfig) -> Any:
 def wrap(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     """``model`` with LoRA adapters (peft), the base frozen; refuses a target list that matches nothing."""
     import peft
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
 
     try:
         wrapped = peft.get_peft_model(model, peft_config(lora))
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise ValueError(f"model.lora.target_modules = {lora.target_modules!r}: {exc}") from exc
+    for name, module in wrapped.named_modules():
+        # the merge and the engines' adapters assume y = x @ (W0 + s * B @ A).T over a plain nn.Linear
+        plain = isinstance(module, LoraLinear) and isinstance(module.base_layer, torch.nn.Linear)
+        if isinstance(module, LoraLayer) and not (plain and not module.fan_in_fan_out):
+            raise ValueError(
+                f"model.lora.target_modules = {lora.target_modules!r} reaches {name.removeprefix(PEFT_PREFIX)} "
+                f"({type(module.base_layer).__name__}): only torch.nn.Linear layers can carry adapters here"
+            )
     return wrapped
 
 

@@ -391,11 +391,15 @@ class AdapterSlot:
 
     def replace(self, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
         """Serve the adapter made of ``tensors`` (peft's saved names) and ``config`` (its adapter_config)."""
+        import shutil
         import tempfile
 
         from grpo_dist.learner.export import save_adapter
 
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # RAM-backed where there is one
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        shm = "/dev/shm"  # RAM-backed where there is one and it has room (a container's is often 64 MiB)
+        if not os.path.isdir(shm) or shutil.disk_usage(shm).free < 2 * size + (64 << 20):
+            shm = None
         files = tempfile.TemporaryDirectory(prefix="grpo-dist-adapter-", dir=shm)
         try:
             save_adapter(files.name, tensors, config)

@@ -54,6 +54,14 @@ class WeightSync:
         self.transport = cfg.sync.transport
         self.plan = learners.weight_plan()
         self.adapter_config = learners.adapter_config()  # None unless syncs carry LoRA adapters
+        if cfg.model.lora.enabled and self.adapter_config is None and dtype != "float32":
+            logger.warning(
+                "model.lora.sync = 'merged' with engines in %s: each merged weight W0 + s * B @ A is rounded to %s, "
+                "so an adapter update smaller than half a rounding step of W0 does not reach the engines (the "
+                "rollout_corr/* metrics show the gap); model.lora.sync = 'adapter' applies it exactly",
+                dtype,
+                dtype,
+            )
         self.num_bytes = sum(b.nbytes for b in self.plan)
         self.backend = "nccl" if device == "cuda" else "gloo"
         self.connect()

@@ -36,6 +36,17 @@ def test_commit_verify_latest_and_prune(tmp_path: Path) -> None:
     assert mgr.resolve("never") is None
 
 
+def test_the_checkpoint_a_run_resumed_from_is_never_pruned(tmp_path: Path) -> None:
+    """A replaced engine restarts from the export (or adapter) of the checkpoint the run resumed from."""
+    mgr = CheckpointManager(tmp_path, keep_last=1)
+    start = _write(mgr, 2)
+    resumed = CheckpointManager(tmp_path, keep_last=1)
+    assert resumed.resolve("auto") == start
+    for step in (3, 4, 5):
+        _write(resumed, step)
+    assert [p.name for p in resumed.list()] == [checkpoint_name(2), checkpoint_name(5)]
+
+
 def test_corrupt_checkpoint_is_refused_and_the_previous_offered(tmp_path: Path) -> None:
     mgr = CheckpointManager(tmp_path, keep_last=3)
     _write(mgr, 1)

@@ -130,8 +130,8 @@ def _cfg(*overrides: str) -> Config:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["model.lora.alpha=8"], "alpha changed while rank = 0"),
-        (["model.lora.sync=merged"], "sync changed while rank = 0"),
+        (["model.lora.alpha=8"], "alpha = 8.0 set while rank = 0"),
+        (["model.lora.sync=merged"], "sync = 'merged' set while rank = 0"),
         (["model.lora.rank=4", "model.lora.target_modules=[]"], "name at least one module"),
         (["model.lora.rank=4", "model.lora.target_modules=[q_proj, lm_head]"], r"\['lm_head'\]"),
         (["model.lora.rank=600"], "up to rank 512"),
@@ -149,3 +149,47 @@ def test_config_accepts_lora_and_keeps_it_off_by_default() -> None:
     cfg = _cfg("model.lora.rank=600", "model.lora.sync=merged", "model.lora.target_modules=[q_proj, v_proj]")
     assert cfg.model.lora.enabled and cfg.model.lora.target_modules == ["q_proj", "v_proj"]
     assert parse_config(cfg.to_dict()) == cfg  # a saved config loads back (defaults included)
+
+
+def test_resume_refuses_a_checkpoint_trained_with_other_adapters(tmp_path: Path) -> None:
+    import json
+
+    from grpo_dist.run_parts import check_same_trainable
+    from grpo_dist.run_state import CONTROLLER_STATE
+
+    def checkpoint(*overrides: str) -> Path:
+        path = tmp_path / str(len(list(tmp_path.iterdir())))
+        path.mkdir()
+        (path / CONTROLLER_STATE).write_text(json.dumps({"config": _cfg(*overrides).to_dict()}))
+        return path
+
+    lora8 = ["model.lora.rank=8"]
+    check_same_trainable(_cfg(*lora8), checkpoint(*lora8))
+    check_same_trainable(
+        _cfg(*lora8, "model.lora.sync=merged"), checkpoint(*lora8)
+    )  # the way to the engines may change
+    check_same_trainable(_cfg(), checkpoint())
+    with pytest.raises(ValueError, match=r"model\.lora\.rank 8 -> 16"):
+        check_same_trainable(_cfg("model.lora.rank=16"), checkpoint(*lora8))
+    with pytest.raises(ValueError, match=r"model\.lora\.alpha 32\.0 -> 8\.0"):
+        check_same_trainable(_cfg(*lora8, "model.lora.alpha=8"), checkpoint(*lora8))
+    with pytest.raises(ValueError, match=r"model\.lora\.rank 0 -> 8"):
+        check_same_trainable(_cfg(*lora8), checkpoint())  # a full fine-tune's checkpoint
+
+
+def test_dropout_acts_in_the_training_forward_only() -> None:
+    _, model = _wrapped(dropout=0.5)
+    ids = torch.tensor([[1, 5, 9, 33, 2]])
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(ids).logits, model(ids).logits)
+        model.train()
+        assert not torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_layers_other_than_linear_are_refused_naming_the_module() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16))
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn \(Conv1D\)"):
+        lora.wrap(gpt2, LoraConfig(rank=4, target_modules=["c_attn"]))
