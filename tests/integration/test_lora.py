@@ -80,14 +80,14 @@ def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
 def test_merged_sync_keeps_engines_on_the_learners_policy_and_never_touches_the_base(
     local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
-    """``merged`` under ZeRO-3 (each merge gathers its layer): three updates, each checked by behaviour
-    (< 1e-4); then 100 more syncs, after which the learner's frozen base is bit-identical to what it was
-    before the first, and the engines still agree."""
+    """``merged`` (ZeRO-2): three updates, each checked by behaviour (< 1e-4); then 100 more syncs, after
+    which the learner's frozen base is bit-identical to what it was before the first, and the engines still
+    agree."""
     from grpo_dist.config import load_config
     from grpo_dist.controller import Controller
 
     run_dir = tmp_path / "merged"
-    cfg = load_config(TINY_CONFIG, _overrides(tiny_assets, run_dir, "merged", "learner.zero_stage=3"))
+    cfg = load_config(TINY_CONFIG, _overrides(tiny_assets, run_dir, "merged"))
     with Controller(cfg) as controller:
         controller.start()
         before = _base_checksums(controller.learners)
@@ -106,10 +106,11 @@ def test_merged_sync_keeps_engines_on_the_learners_policy_and_never_touches_the_
 def test_adapter_sync_serves_the_learners_policy_and_matches_the_merged_model(
     local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
-    """``adapter``: only the adapter travels and every sync is checked by behaviour; the checkpoint holds a
-    peft adapter that ``PeftModel.from_pretrained`` loads and a merged model, and the engines serving the
-    adapter compute what transformers computes with either (< 1e-4); a run resumed from the step-2
-    checkpoint (its engines start from the base and the checkpoint's adapter) repeats step 3 exactly."""
+    """``adapter`` under ZeRO-3 (every export gathers its sources on all ranks): only the adapter travels
+    and every sync is checked by behaviour; the checkpoint holds a peft adapter that
+    ``PeftModel.from_pretrained`` loads and a merged model, and the engines serving the adapter compute what
+    transformers computes with either (< 1e-4); a run resumed from the step-2 checkpoint (its engines start
+    from the base and the checkpoint's adapter) repeats step 3 exactly."""
     import ray
     import torch
     from peft import PeftModel
@@ -119,7 +120,7 @@ def test_adapter_sync_serves_the_learners_policy_and_matches_the_merged_model(
     from grpo_dist.controller import Controller
 
     run_dir = tmp_path / "adapter"
-    cfg = load_config(TINY_CONFIG, _overrides(tiny_assets, run_dir, "adapter"))
+    cfg = load_config(TINY_CONFIG, _overrides(tiny_assets, run_dir, "adapter", "learner.zero_stage=3"))
     with Controller(cfg) as controller:
         controller.start()
         controller.run()
@@ -145,7 +146,10 @@ def test_adapter_sync_serves_the_learners_policy_and_matches_the_merged_model(
     resumed_dir = tmp_path / "resumed"
     resumed = load_config(
         TINY_CONFIG,
-        [*_overrides(tiny_assets, resumed_dir, "adapter"), f"trainer.resume={run_dir / 'checkpoints' / 'step_000002'}"],
+        [
+            *_overrides(tiny_assets, resumed_dir, "adapter", "learner.zero_stage=3"),
+            f"trainer.resume={run_dir / 'checkpoints' / 'step_000002'}",
+        ],
     )
     with Controller(resumed) as controller:
         controller.start()

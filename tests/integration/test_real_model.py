@@ -158,6 +158,8 @@ def test_lora_adapter_engine_computes_the_learners_policy_and_the_merged_model(
     behavioural check of every sync); and a second engine started on the run's merged export computes the
     same logprobs as the adapter engine (< 1e-4), which in turn differ from the base model's."""
     import ray
+    import torch
+    from transformers import AutoModelForCausalLM
 
     from grpo_dist.config import load_config
     from grpo_dist.controller import Controller
@@ -197,27 +199,32 @@ def test_lora_adapter_engine_computes_the_learners_policy_and_the_merged_model(
         seqs = [list(p.token_ids) for p in controller.inputs.train_prompts[:4]]
         served = ray.get(controller.engines.actors[0].sequence_token_logprobs.remote(seqs), timeout=120)
 
-    engines = {}
-    for name, path in (("merged", run_dir / "final"), ("base", smollm2)):
-        engines[name] = create_engine_actor(
-            options={"num_cpus": 1},
-            env=engine_env(device="cpu", cpu_ids=None),
-            engine_index=0,
-            model_path=str(path),
-            dtype="float32",
-            device="cpu",
-            max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
-            seed=0,
-            kv_cache_gib=0.25,
-        )
+    merged = create_engine_actor(
+        options={"num_cpus": 1},
+        env=engine_env(device="cpu", cpu_ids=None),
+        engine_index=0,
+        model_path=str(run_dir / "final"),
+        dtype="float32",
+        device="cpu",
+        max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
+        seed=0,
+        kv_cache_gib=0.25,
+    )
     try:
-        scored = {n: ray.get(a.sequence_token_logprobs.remote(seqs), timeout=300) for n, a in engines.items()}
+        from_merged = ray.get(merged.sequence_token_logprobs.remote(seqs), timeout=300)
     finally:
-        for a in engines.values():
-            ray.kill(a, no_restart=True)
+        ray.kill(merged, no_restart=True)
+    base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    with torch.no_grad():
+        from_base = []
+        for s in seqs:
+            ids = torch.tensor(s)[None]
+            from_base.append(
+                torch.log_softmax(base(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
+            )
 
     def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
         return max(abs(x - y) for r1, r2 in zip(a, b) for x, y in zip(r1, r2))
 
-    assert max_diff(served, scored["merged"]) < 1e-4
-    assert max_diff(served, scored["base"]) > 1e-2  # the adapter moved the policy
+    assert max_diff(served, from_merged) < 1e-4
+    assert max_diff(served, from_base) > 1e-2  # the adapter moved the policy
