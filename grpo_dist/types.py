@@ -26,6 +26,9 @@ class Prompt:
     ground_truth: str | None = None
     data_source: str | None = None
     extra_info: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] | None = None
+    """The row's chat messages (``role``, ``content``) before rendering, for a multi-turn environment to
+    continue the conversation; None for a plain-text prompt."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,17 @@ class Completion:
     """The weights version each token was sampled with, where a partial rollout (``rollout.partial_rollout:
     resume``) continued the completion under newer weights part-way; empty: every token has its group's
     ``weights_version``."""
+
+    loss_mask: list[int] = field(default_factory=list)
+    """1 for each token the model sampled, 0 for a token an environment inserted (a tool's output, a user's
+    reply) in a multi-turn trajectory, which never enters the loss; empty: every token is the model's."""
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    """A multi-turn trajectory's turns (the model's text, then the environment's messages, step reward and
+    tool calls), for the reward functions and the rollout log; empty for a single answer."""
+
+    def mask(self) -> list[int]:
+        """Each token's loss mask (1 throughout for a single answer)."""
+        return list(self.loss_mask) if self.loss_mask else [1] * len(self.token_ids)
 
     def versions(self, default: int) -> list[int]:
         """Each token's weights version (``default``, its group's, where none were recorded)."""

@@ -153,6 +153,15 @@ def _render(
     return text, True
 
 
+def _chat_messages(prompt: Any, templated: bool) -> list[dict[str, str]] | None:
+    """The messages a templated prompt was rendered from (a string wrapped by ``always`` is one user message)."""
+    if not templated:
+        return None
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+
+
 def build_prompts(
     rows: Sequence[Mapping[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
@@ -179,12 +188,14 @@ def build_prompts(
 
     row_ids: list[int] = []
     texts: list[str] = []
+    templated: list[bool] = []
     for index, row in enumerate(rows):
         row_id = int(row.get("row_id", index))
-        text, templated = _render(row, row_id, tokenizer, apply_chat_template, source)
+        text, was_templated = _render(row, row_id, tokenizer, apply_chat_template, source)
         row_ids.append(row_id)
         texts.append(text)
-        stats.num_templated += templated
+        templated.append(was_templated)
+        stats.num_templated += was_templated
 
     encoded: list[list[int]] = tokenizer(
         texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
@@ -225,6 +236,7 @@ def build_prompts(
                 ground_truth=row.get("ground_truth"),
                 data_source=row.get("data_source"),
                 extra_info=dict(row.get("extra_info") or {}),
+                messages=_chat_messages(row.get("prompt"), templated[index]),
             )
         )
     stats.mean_length = total / len(encoded)

@@ -2,7 +2,8 @@
 
 Layout: each row is prompt + response, right-padded to the longest row. Position t of a ``[N, L-1]``
 tensor refers to predicting token t+1 from tokens <= t; ``loss_mask`` is 1 exactly where token t+1 is
-a generated token of a sample that counts (the reward failure policy may mask whole samples).
+a token the model sampled, of a sample that counts (the reward failure policy may mask whole samples; a
+multi-turn trajectory's environment tokens are 0).
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ def _take(t: torch.Tensor | None, index: slice | torch.Tensor) -> torch.Tensor |
 
 def collate(groups: list[ScoredGroup], advantages: torch.Tensor, *, pad_token_id: int) -> TrainBatch:
     """Flatten groups (in order) into one right-padded batch; ``advantages`` is ``[num_groups * G]``."""
-    rows, resp_lens, engine_lps, token_versions, valid = [], [], [], [], []
+    rows, resp_lens, engine_lps, token_versions, valid, masks = [], [], [], [], [], []
     for scored in groups:
         prompt_ids = scored.group.prompt.token_ids
         for completion, ok in zip(scored.group.completions, scored.valid):
             rows.append((len(prompt_ids), list(prompt_ids) + list(completion.token_ids)))
             resp_lens.append(len(completion.token_ids))
+            masks.append(completion.mask())
             engine_lps.append(completion.logprobs)
             token_versions.append(completion.versions(scored.group.weights_version))
             valid.append(ok)
@@ -92,8 +94,8 @@ def collate(groups: list[ScoredGroup], advantages: torch.Tensor, *, pad_token_id
         attention[i, : len(ids)] = 1
         # target position t predicts token t+1: response tokens sit at prompt_len .. len(ids)-1
         start, stop = prompt_len - 1, len(ids) - 1
-        if valid[i]:
-            loss_mask[i, start:stop] = 1.0
+        if valid[i]:  # a multi-turn trajectory's environment tokens stay 0: never in the loss or its counts
+            loss_mask[i, start:stop] = torch.tensor(masks[i], dtype=torch.float32)
         if resp_lens[i]:
             lps[i, start:stop] = torch.tensor(engine_lps[i], dtype=torch.float32)
             versions[i, start:stop] = torch.tensor(token_versions[i], dtype=torch.long)

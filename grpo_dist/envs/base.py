@@ -1,0 +1,80 @@
+"""The environment interface of a multi-turn rollout (pure: no vLLM, no Ray).
+
+One ``Environment`` object serves one trajectory: ``reset`` starts it from the dataset row, then each model
+turn goes to ``step``, which answers with the next messages (a tool's output, a user's reply), a step reward
+and whether the trajectory is done. The environment sees text *and* token ids of the model's turn, but it
+only ever answers in messages: turning them into tokens is the rollout's job (``rollout.trajectory``), so
+that the model's own tokens are kept verbatim and nothing is decoded and re-encoded.
+
+An environment's ``step`` may block (a tool call); the rollout runs the environments of different samples
+in threads, so one slow tool does not hold up the others' turns.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from grpo_dist.types import Prompt
+
+
+class Message(TypedDict):
+    """A chat message as chat templates take it: ``role`` (``user``, ``tool``, ...) and ``content``."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ModelTurn:
+    """What the model said in one turn: its text, its exact token ids, and why it stopped."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class EnvReply:
+    """The environment's answer to a turn. ``messages`` go back to the model (empty when ``done``);
+    ``reward`` is this step's reward; ``tool_calls`` counts the tool calls the turn made (for metrics);
+    ``info`` is kept in the rollout log."""
+
+    messages: list[Message] = field(default_factory=list)
+    reward: float = 0.0
+    done: bool = False
+    tool_calls: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Environment(ABC):
+    """Subclass and name ``package.module:Class`` in ``rollout.multi_turn.env``; ``env_kwargs`` are passed to
+    the constructor. One instance per trajectory: state may live on ``self``."""
+
+    @abstractmethod
+    def reset(self, prompt: Prompt) -> None:
+        """Start a trajectory from its dataset row (``prompt.ground_truth``, ``prompt.extra_info``...)."""
+
+    @abstractmethod
+    def step(self, turn: ModelTurn) -> EnvReply:
+        """Answer the model's turn. Raising is a failure of the sample (handled as a reward failure)."""
+
+
+def load_environment(path: str, kwargs: dict[str, Any] | None = None) -> Environment:
+    """An instance of the environment class at ``package.module:Class``; a clear error if it is not one."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"rollout.multi_turn.env = {path!r}: expected 'package.module:Class'")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"rollout.multi_turn.env = {path!r}: cannot import it ({exc})") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Environment)):
+        raise ValueError(f"rollout.multi_turn.env = {path!r} is not a subclass of grpo_dist.envs.Environment")
+    try:
+        return cls(**(kwargs or {}))
+    except TypeError as exc:
+        raise ValueError(f"rollout.multi_turn.env_kwargs do not fit {path}: {exc}") from exc

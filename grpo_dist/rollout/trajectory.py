@@ -1,0 +1,247 @@
+"""Token-exact multi-turn trajectories (pure: no vLLM, no Ray).
+
+A trajectory is the prompt's tokens followed by turns: the model's tokens, appended verbatim as the engine
+sampled them (loss mask 1, with their sampling logprobs), then the environment's messages turned into
+tokens (loss mask 0, logprobs ignored). Nothing is decoded and re-encoded: BPE is not a bijection (the
+text of sampled ids can encode to other ids), so re-tokenizing a conversation trains the learner on tokens
+the engine never sampled. The engine is given the trajectory's own ids at every turn.
+
+Environment messages become tokens through a ``Renderer``:
+
+* ``PlainRenderer`` (a model without a chat template, or prompts used as plain text): each message's
+  content is encoded as it is and appended.
+* ``ChatRenderer``: the chat template is rendered over the conversation without and with the new
+  messages (as text, the assistant turns as the text of their tokens), and the new part is the suffix. That
+  is only right if adding messages never rewrites what came before (the *prefix invariant*), which is
+  checked at every turn: ``strict`` raises naming the row and the turn; templates that rewrite history
+  (those that drop earlier reasoning) need ``fork``, which is not built yet. The template's closing of an
+  assistant turn that the model did not sample itself (a newline after its end-of-turn token, or the
+  end-of-turn token when the turn was cut by length) is appended as environment tokens too.
+
+Budgets: ``max_turns`` model turns, ``max_total_tokens`` response tokens shared by all turns (model and
+environment), and ``max_tool_response_tokens`` per environment message, cut on ``truncation_side``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from grpo_dist.envs.base import EnvReply, Message, ModelTurn
+from grpo_dist.types import Completion, FinishReason, Prompt
+
+TruncationSide = Literal["left", "right"]
+
+
+class TrajectoryError(ValueError):
+    """A trajectory cannot be continued token-exactly; the message names the row and the turn."""
+
+
+class Renderer(ABC):
+    """Turns messages into the tokens that follow a model turn."""
+
+    @abstractmethod
+    def closing(self, history: list[Message], turn: ModelTurn) -> list[int]:
+        """Tokens the conversation's format puts after the model's turn that the model did not sample."""
+
+    @abstractmethod
+    def messages(self, history: list[Message], new: list[Message], *, where: str) -> list[int]:
+        """The tokens of ``new`` messages appended after ``history`` (which ends with the model's turn)."""
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+
+class _Tokenizer:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+class PlainRenderer(_Tokenizer, Renderer):
+    """Messages as their content, encoded and appended (the environment writes its own framing)."""
+
+    def closing(self, history: list[Message], turn: ModelTurn) -> list[int]:
+        return []
+
+    def messages(self, history: list[Message], new: list[Message], *, where: str) -> list[int]:
+        return [t for m in new for t in self.encode(m["content"])]
+
+
+class ChatRenderer(_Tokenizer, Renderer):
+    """Messages through the tokenizer's chat template, as the suffix of the rendered conversation."""
+
+    def _render(self, messages: list[Message], *, generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def closing(self, history: list[Message], turn: ModelTurn) -> list[int]:
+        before = self._render(history[:-1], generation_prompt=True)
+        after = self._render(history, generation_prompt=False)
+        content = history[-1]["content"]
+        start = after.find(content, len(before)) if after.startswith(before) else -1
+        if start < 0:
+            raise TrajectoryError(f"turn {turn.index}: the chat template does not render the model's turn verbatim")
+        ids = self.encode(after[start + len(content) :])
+        if ids and turn.token_ids and turn.token_ids[-1] == ids[0]:
+            ids = ids[1:]  # the model sampled the end-of-turn token itself (vLLM keeps a stop token's id)
+        return ids
+
+    def messages(self, history: list[Message], new: list[Message], *, where: str) -> list[int]:
+        before = self._render(history, generation_prompt=False)
+        after = self._render([*history, *new], generation_prompt=True)
+        if not after.startswith(before):
+            i = next((k for k, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+            raise TrajectoryError(
+                f"{where}: the chat template rewrites earlier turns when messages are added (first difference at "
+                f"character {i}: {before[i : i + 40]!r} became {after[i : i + 40]!r}); the trajectory cannot be "
+                "continued token-exactly (rollout.multi_turn.template_check = 'fork' is not built yet)"
+            )
+        return self.encode(after[len(before) :])
+
+
+@dataclass(frozen=True)
+class Budgets:
+    max_turns: int
+    max_total_tokens: int
+    max_tool_response_tokens: int | None = None
+    truncation_side: TruncationSide = "right"
+
+
+@dataclass
+class Turn:
+    """One turn, for the rollout log and the reward: the model's text and token count, then what the
+    environment answered."""
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: str
+    messages: list[Message] = field(default_factory=list)
+    reward: float = 0.0
+    tool_calls: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    prompt: Prompt
+    messages: list[Message]
+    """The conversation as text, starting with the prompt's messages."""
+    token_ids: list[int] = field(default_factory=list)
+    """Everything after the prompt: model and environment tokens."""
+    loss_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    done: bool = False
+    finish_reason: FinishReason = "stop"
+
+    @property
+    def input_ids(self) -> list[int]:
+        """What the engine is given for the next turn: the prompt and the whole trajectory so far."""
+        return [*self.prompt.token_ids, *self.token_ids]
+
+    @property
+    def num_model_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    def add_model_turn(self, token_ids: Sequence[int], logprobs: Sequence[float], text: str, finish: str) -> ModelTurn:
+        assert len(token_ids) == len(logprobs), (len(token_ids), len(logprobs))
+        turn = ModelTurn(len(self.turns), text, list(token_ids), finish)
+        self.token_ids += turn.token_ids
+        self.loss_mask += [1] * len(token_ids)
+        self.logprobs += [float(x) for x in logprobs]
+        self.messages.append({"role": "assistant", "content": text})
+        self.turns.append(Turn(turn.index, text, len(token_ids), finish))
+        return turn
+
+    def _add_env_tokens(self, ids: Sequence[int]) -> None:
+        self.token_ids += list(ids)
+        self.loss_mask += [0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+
+    def add_reply(self, turn: ModelTurn, reply: EnvReply, renderer: Renderer, budgets: Budgets) -> None:
+        """Record the environment's answer to ``turn`` and append its tokens; ends the trajectory when the
+        environment is done, the turns are used up, or the tokens would not fit the budget."""
+        record = self.turns[turn.index]
+        record.reward, record.tool_calls, record.info = float(reply.reward), int(reply.tool_calls), dict(reply.info)
+        if reply.done or not reply.messages:
+            self._finish("length" if turn.finish_reason == "length" else "stop")
+            return
+        if turn.finish_reason == "length" and self.num_tokens_left(budgets) <= 0:
+            self._finish("length")
+            return
+        where = f"row {self.prompt.prompt_id}, turn {turn.index}"
+        messages = [_truncated(m, renderer, budgets) for m in reply.messages]
+        ids = renderer.closing(self.messages, turn) + renderer.messages(self.messages, messages, where=where)
+        record.messages = messages
+        self.messages += messages
+        if len(self.token_ids) + len(ids) >= budgets.max_total_tokens or len(self.turns) >= budgets.max_turns:
+            self._finish("length")  # no room (or no turn) left for the model to read the answer and reply
+            return
+        self._add_env_tokens(ids)
+
+    def _finish(self, reason: FinishReason) -> None:
+        self.done = True
+        self.finish_reason = reason
+
+    def num_tokens_left(self, budgets: Budgets) -> int:
+        return budgets.max_total_tokens - len(self.token_ids)
+
+    def completion(self, version: int) -> Completion:
+        """The trajectory as the learner and the reward functions take it."""
+        text = "".join(t.text + "".join(m["content"] for m in t.messages) for t in self.turns)
+        return Completion(
+            token_ids=list(self.token_ids),
+            logprobs=list(self.logprobs),
+            finish_reason=self.finish_reason,
+            text=text,
+            loss_mask=list(self.loss_mask),
+            turns=[_turn_dict(t) for t in self.turns],
+        )
+
+
+def _turn_dict(t: Turn) -> dict[str, Any]:
+    return {
+        "index": t.index,
+        "text": t.text,
+        "num_tokens": t.num_tokens,
+        "finish_reason": t.finish_reason,
+        "messages": list(t.messages),
+        "reward": t.reward,
+        "tool_calls": t.tool_calls,
+        "info": dict(t.info),
+    }
+
+
+def _truncated(message: Message, renderer: Renderer, budgets: Budgets) -> Message:
+    """``message`` with its content cut to ``max_tool_response_tokens`` on ``truncation_side`` (the cut is
+    made on the content's tokens, so the limit is exact; the template's framing stays whole)."""
+    limit = budgets.max_tool_response_tokens
+    if limit is None:
+        return message
+    ids = renderer.encode(message["content"])
+    if len(ids) <= limit:
+        return message
+    kept = ids[:limit] if budgets.truncation_side == "right" else ids[len(ids) - limit :]
+    return {**message, "content": renderer.decode(kept)}
+
+
+def initial_messages(prompt: Prompt) -> list[Message]:
+    """The conversation a trajectory starts from: the row's chat messages, or its text as one user message."""
+    if prompt.messages is not None:
+        return [{"role": m["role"], "content": m["content"]} for m in prompt.messages]
+    return [{"role": "user", "content": prompt.text}]
+
+
+GenerateTurn = Callable[[list[Trajectory], list[int]], list[tuple[list[int], list[float], str, str]]]
+"""``(trajectories, max new tokens each) -> (token ids, logprobs, text, finish reason)`` per trajectory."""

@@ -1,0 +1,247 @@
+"""Multi-turn trajectories with a scripted policy (fixed outputs) against the real calculator environment:
+the ids the engine gets at each turn are the trajectory's own prefix, the model's tokens stay verbatim (also
+where re-tokenizing would change them), environment tokens never count, and the budgets hold."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+
+from grpo_dist import algo
+from grpo_dist.envs import Environment, EnvReply, ModelTurn, load_environment
+from grpo_dist.envs.tools import ToolEnv, calculate, parse_calls
+from grpo_dist.learner.batch import collate
+from grpo_dist.models.builder import tokenizer_corpus, train_tokenizer
+from grpo_dist.rollout.multi_turn import EnvironmentStepError, run_trajectories
+from grpo_dist.rollout.trajectory import Budgets, ChatRenderer, PlainRenderer, Trajectory, TrajectoryError
+from grpo_dist.types import Prompt, RolloutGroup, ScoredGroup
+
+BUDGETS = Budgets(max_turns=4, max_total_tokens=256)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Any:
+    return train_tokenizer(tokenizer_corpus(0), 512)
+
+
+def _encode(tok: Any, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False).input_ids)
+
+
+class Script:
+    """A policy that says fixed things: turn t of every sample is ``turns[t]`` (token ids). Records the ids
+    it was given at each call."""
+
+    def __init__(self, tok: Any, turns: list[list[int]], finish: str = "stop") -> None:
+        self.tok, self.turns, self.finish = tok, turns, finish
+        self.received: list[list[list[int]]] = []
+
+    def __call__(self, trajectories: list[Trajectory], budget: list[int]):
+        self.received.append([t.input_ids for t in trajectories])
+        out = []
+        for t, room in zip(trajectories, budget):
+            full = self.turns[len(t.turns)]
+            ids = full[:room]
+            finish = "length" if len(ids) < len(full) else self.finish  # as an engine at max_tokens
+            out.append((ids, [-0.25] * len(ids), self.tok.decode(ids), finish))
+        return out
+
+
+def _prompt(tok: Any, text: str = "37*48=") -> Prompt:
+    return Prompt(prompt_id=7, token_ids=[tok.bos_token_id, *_encode(tok, text)], text=text, ground_truth="1776")
+
+
+def test_scripted_policy_against_the_calculator_is_token_exact(tok: Any) -> None:
+    call, answer = _encode(tok, "<calculator>37*48</calculator>"), _encode(tok, "1776")
+    script = Script(tok, [call, answer])
+    prompt = _prompt(tok)
+    (traj,) = run_trajectories(
+        [prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
+    )
+    env_ids = _encode(tok, "<result>1776</result>")
+    assert traj.token_ids == call + env_ids + answer
+    assert script.received == [[prompt.token_ids], [prompt.token_ids + call + env_ids]]  # the trajectory's prefix
+    assert traj.loss_mask == [1] * len(call) + [0] * len(env_ids) + [1] * len(answer)
+    assert sum(traj.loss_mask) == len(call) + len(answer)  # the sampled tokens, and only they
+    assert traj.logprobs == [-0.25] * len(call) + [0.0] * len(env_ids) + [-0.25] * len(answer)
+    assert [t.tool_calls for t in traj.turns] == [1, 0] and traj.done and traj.finish_reason == "stop"
+    completion = traj.completion(version=0)
+    assert completion.text.endswith("<result>1776</result>1776") and completion.mask() == traj.loss_mask
+
+
+def test_the_models_tokens_stay_verbatim_where_re_encoding_would_change_them() -> None:
+    """BPE is not a bijection: a turn sampled as a non-canonical split decodes to text that encodes to
+    other ids. The trajectory keeps what was sampled."""
+    tok = train_tokenizer(["<calculator>37*48</calculator> the answer is 1776"] * 50, 400)  # one with merges
+    canonical = _encode(tok, "<calculator>37*48</calculator>")
+    k = next(i for i, t in enumerate(canonical) if len(tok.decode([t])) > 1)
+    piece = tok.decode([canonical[k]])
+    split = canonical[:k] + _encode(tok, piece[0]) + _encode(tok, piece[1:]) + canonical[k + 1 :]
+    assert tok.decode(split) == tok.decode(canonical) and _encode(tok, tok.decode(split)) != split
+    script = Script(tok, [split, _encode(tok, "1776")])
+    (traj,) = run_trajectories(
+        [_prompt(tok)], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
+    )
+    assert traj.token_ids[: len(split)] == split
+    assert script.received[1][0][len(_prompt(tok).token_ids) :][: len(split)] == split
+
+
+def test_environment_tokens_change_neither_loss_nor_gradient(tok: Any) -> None:
+    """The tool's tokens carry mask 0: whatever logprobs they hold, the loss and its gradient are the same."""
+    script = Script(tok, [_encode(tok, "<calculator>2+2</calculator>"), _encode(tok, "4")])
+    prompt = _prompt(tok, "2+2=")
+    trajs = run_trajectories(
+        [prompt, prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
+    )
+    completions = [t.completion(version=0) for t in trajs]
+
+    def loss_and_grad(tool_logprob: float) -> tuple[torch.Tensor, torch.Tensor]:
+        changed = [
+            dataclasses.replace(c, logprobs=[lp if m else tool_logprob for lp, m in zip(c.logprobs, c.mask())])
+            for c in completions
+        ]
+        group = ScoredGroup(RolloutGroup(prompt, changed, 0, 0), [1.0, 0.0], {}, [True, True])
+        batch = collate([group], torch.tensor([1.0, -1.0]), pad_token_id=0)
+        current = torch.full(batch.loss_mask.shape, -0.3, requires_grad=True)
+        loss, _ = algo.policy_loss(
+            current, batch.engine_logprobs, batch.advantages, batch.loss_mask, clip_ratio_low=0.2, clip_ratio_high=0.2
+        )
+        (grad,) = torch.autograd.grad(loss, current)
+        return loss.detach(), grad
+
+    loss_a, grad_a = loss_and_grad(-0.1)
+    loss_b, grad_b = loss_and_grad(-9.0)
+    assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
+    batch = collate(
+        [ScoredGroup(RolloutGroup(prompt, completions, 0, 0), [1.0, 0.0], {}, [True, True])],
+        torch.tensor([1.0, -1.0]),
+        pad_token_id=0,
+    )
+    assert batch.loss_mask.sum() == sum(sum(c.mask()) for c in completions)  # mask sums: the sampled tokens
+
+
+def test_budgets_end_trajectories(tok: Any) -> None:
+    call = _encode(tok, "<calculator>1+1</calculator>")
+    looping = Script(tok, [call] * 10)
+    (traj,) = run_trajectories(
+        [_prompt(tok)], generate=looping, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=Budgets(3, 512)
+    )
+    assert len(traj.turns) == 3 and traj.finish_reason == "length"
+    (short,) = run_trajectories(
+        [_prompt(tok)],
+        generate=Script(tok, [call] * 10),
+        make_env=ToolEnv,
+        renderer=PlainRenderer(tok),
+        budgets=Budgets(10, len(call) * 2),
+    )
+    assert len(short.token_ids) <= len(call) * 2 and short.finish_reason == "length"
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_tool_responses_are_cut_to_their_budget_on_the_chosen_side(tok: Any, side: str) -> None:
+    class Echo(Environment):
+        def reset(self, prompt: Prompt) -> None:
+            pass
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            return EnvReply(messages=[{"role": "tool", "content": "0123456789" * 3}], done=turn.index > 0)
+
+    budgets = Budgets(4, 256, max_tool_response_tokens=5, truncation_side=side)  # type: ignore[arg-type]
+    (traj,) = run_trajectories(
+        [_prompt(tok)], generate=Script(tok, [[5], [6]]), make_env=Echo, renderer=PlainRenderer(tok), budgets=budgets
+    )
+    content = traj.turns[0].messages[0]["content"]
+    assert len(_encode(tok, content)) == 5
+    assert content == ("01234" if side == "right" else "56789")
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+FORGETFUL = (  # drops earlier assistant turns once a later one exists: history is rewritten
+    "{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}<|{{ m['role'] }}|>{{ m['content'] }}</s>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _chat_tok(tok: Any, template: str) -> Any:
+    t = copy.deepcopy(tok)
+    t.chat_template = template
+    t.add_special_tokens({"eos_token": "</s>"})
+    return t
+
+
+def test_chat_messages_are_the_rendered_suffix_after_the_models_own_tokens(tok: Any) -> None:
+    chat = _chat_tok(tok, CHAT_TEMPLATE)
+    messages = [{"role": "user", "content": "37*48="}]
+    text = chat.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = Prompt(prompt_id=3, token_ids=_encode(chat, text), text=text, messages=messages)
+    call = [*_encode(chat, "<calculator>37*48</calculator>"), chat.eos_token_id]  # the model ends its turn
+    script = Script(chat, [call, [*_encode(chat, "1776"), chat.eos_token_id]])
+    (traj,) = run_trajectories(
+        [prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS
+    )
+    env_ids = traj.token_ids[len(call) : traj.loss_mask.index(1, len(call))]
+    assert chat.decode(env_ids) == "\n<|tool|><result>1776</result></s>\n<|assistant|>"  # closing + message + cue
+    assert traj.token_ids[: len(call)] == call
+
+
+def test_a_template_that_rewrites_history_is_refused_naming_row_and_turn(tok: Any) -> None:
+    chat = _chat_tok(tok, FORGETFUL)
+    messages = [{"role": "user", "content": "1+1="}]
+    prompt = Prompt(prompt_id=11, token_ids=[5, 6], text="", messages=messages)
+    script = Script(
+        chat, [_encode(chat, "<calculator>1+1</calculator>"), _encode(chat, "<calculator>2+2</calculator>")]
+    )
+    with pytest.raises(TrajectoryError, match=r"row 11, turn 0: the chat template rewrites earlier turns"):
+        run_trajectories([prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS)
+
+
+def test_a_raising_environment_stops_the_rollout_naming_row_and_turn(tok: Any) -> None:
+    class Broken(Environment):
+        def reset(self, prompt: Prompt) -> None:
+            pass
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            raise KeyError("no such tool")
+
+    with pytest.raises(EnvironmentStepError, match=r"row 7, turn 0: KeyError"):
+        run_trajectories(
+            [_prompt(tok)], generate=Script(tok, [[5]]), make_env=Broken, renderer=PlainRenderer(tok), budgets=BUDGETS
+        )
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"), [("37*48", "1776"), ("(2+3)**2", "25"), ("7/2", "3.5"), ("-4//3", "-2"), ("1e3", "1000")]
+)
+def test_calculator_computes_arithmetic(expression: str, value: str) -> None:
+    assert calculate(expression) == value
+
+
+@pytest.mark.parametrize("expression", ["__import__('os')", "abs(-1)", "2**1000", "1/0", "x+1", "[1]*9"])
+def test_calculator_never_evaluates_code(expression: str) -> None:
+    with pytest.raises(ValueError, match=r"unsupported syntax|above|division by zero|range"):
+        calculate(expression)
+
+
+def test_hermes_calls_and_their_errors_are_parsed() -> None:
+    text = (
+        '<tool_call>{"name": "calculator", "arguments": {"expression": "1+2"}}</tool_call> <tool_call>{bad</tool_call>'
+    )
+    calls = parse_calls(text, "hermes")
+    assert calls[0] == ("calculator", "1+2") and calls[1][0] == "invalid"
+
+
+def test_environments_load_by_import_path_with_clear_errors() -> None:
+    assert isinstance(load_environment("grpo_dist.envs.tools:ToolEnv", {"tools": ["calculator"]}), ToolEnv)
+    with pytest.raises(ValueError, match="not a subclass"):
+        load_environment("grpo_dist.envs.tools:calculate")
+    with pytest.raises(ValueError, match="cannot import"):
+        load_environment("grpo_dist.envs.nope:Env")
+    with pytest.raises(ValueError, match="env_kwargs do not fit"):
+        load_environment("grpo_dist.envs.tools:ToolEnv", {"colour": "red"})
