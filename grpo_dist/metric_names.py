@@ -46,6 +46,10 @@ def is_reward_component(name: str) -> bool:
 
 RESPONSE_LEN = "response_length/mean"
 RESPONSE_LEN_MAX = "response_length/max"
+ROLLOUT_NUM_TURNS_MEAN = "rollout/num_turns_mean"
+"""Model turns per trajectory (multi-turn rollouts only)."""
+ROLLOUT_TOOL_CALLS_MEAN = "rollout/tool_calls_mean"
+"""Tool calls per trajectory (multi-turn rollouts only)."""
 RESPONSE_CLIP = "response_length/clip_frac"
 
 TOKENS_PER_S = "throughput/tokens_per_s"

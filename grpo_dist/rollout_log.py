@@ -19,6 +19,7 @@ LOGPROBS_COLUMN = "engine_logprobs"
 VERSIONS_COLUMN = "token_versions"
 PROMPT_IDS_COLUMN = "prompt_token_ids"
 TOKEN_IDS_COLUMN = "token_ids"
+LOSS_MASK_COLUMN = "loss_mask"
 
 
 def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[float]]) -> list[dict[str, Any]]:
@@ -30,8 +31,13 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
     learner trains on: text does not round-trip through a tokenizer), ``engine_logprobs`` (the engine's
     sampling logprob of each completion token, ``response_length`` of them), ``token_versions`` (the weights
     version each token was sampled with: ``weights_version`` throughout, unless a partial rollout continued
-    the completion under newer weights) and ``reward_<name>`` per component.
+    the completion under newer weights), ``loss_mask`` (1 for the model's tokens, 0 for an environment's),
+    ``num_turns``, ``tool_calls`` and ``turns`` (a multi-turn trajectory's turns as JSON: the model's text,
+    the environment's messages, step reward, tool calls; ``[]`` for one answer; ``completion`` is then the
+    last turn's text) and ``reward_<name>`` per component.
     """
+    import json
+
     rows = []
     for scored, adv in zip(groups, advantages, strict=True):
         g = scored.group
@@ -55,6 +61,10 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
                 "engine_index": g.engine_index,
                 LOGPROBS_COLUMN: [float(x) for x in completion.logprobs],
                 VERSIONS_COLUMN: completion.versions(g.weights_version),
+                LOSS_MASK_COLUMN: completion.mask(),
+                "num_turns": max(1, len(completion.turns)),
+                "tool_calls": sum(int(t.get("tool_calls", 0)) for t in completion.turns),
+                "turns": json.dumps(completion.turns),
             }
             for name, values in scored.components.items():
                 row[COMPONENT_PREFIX + name] = values[i]
@@ -71,7 +81,12 @@ def write_rollouts(run_dir: Path, step: int, rows: list[dict[str, Any]], *, name
     path = out / f"{name}_{step:06d}.parquet"
     tmp = path.with_suffix(".parquet.tmp")
     table = pa.Table.from_pylist(rows)
-    list_columns = {LOGPROBS_COLUMN: pa.float64(), VERSIONS_COLUMN: pa.int64(), TOKEN_IDS_COLUMN: pa.int64()}
+    list_columns = {
+        LOGPROBS_COLUMN: pa.float64(),
+        VERSIONS_COLUMN: pa.int64(),
+        TOKEN_IDS_COLUMN: pa.int64(),
+        LOSS_MASK_COLUMN: pa.int64(),
+    }
     for column, value_type in list_columns.items():
         if column in table.column_names:
             i = table.column_names.index(column)

@@ -88,7 +88,7 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
     """``reward/*`` and ``response_length/*`` of a step; ``valid`` and ``rewards`` are ``[P, G]``."""
     ok = rewards[valid]
     completions = [c for g in groups for c in g.group.completions]
-    lengths = [len(c.token_ids) for c in completions]
+    lengths = [sum(c.mask()) for c in completions]  # the model's own tokens (a trajectory's tool output not)
     out: dict[str, float] = {
         metric_names.REWARD_MEAN: float(ok.mean()) if ok.numel() else math.nan,
         metric_names.REWARD_STD: float(ok.std(correction=0)) if ok.numel() else math.nan,
@@ -98,6 +98,10 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
         metric_names.RESPONSE_LEN_MAX: float(max(lengths)),
         metric_names.REWARD_NUM_MASKED: float((~valid).sum()),
     }
+    if any(c.turns for c in completions):
+        out[metric_names.ROLLOUT_NUM_TURNS_MEAN] = sum(len(c.turns) for c in completions) / len(completions)
+        calls = [sum(int(t.get("tool_calls", 0)) for t in c.turns) for c in completions]
+        out[metric_names.ROLLOUT_TOOL_CALLS_MEAN] = sum(calls) / len(completions)
     for name in groups[0].components:
         values = [v for g in groups for v, k in zip(g.components[name], g.valid) if k and math.isfinite(v)]
         out[f"{metric_names.REWARD_PREFIX}{name}"] = sum(values) / len(values) if values else math.nan

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from grpo_dist.config.root import Config
     from grpo_dist.config.sections import ModelConfig
 
-BUILTIN_REWARD_NAMES: tuple[str, ...] = ("code_exec", "exact_match", "format", "overlong")
+BUILTIN_REWARD_NAMES: tuple[str, ...] = ("code_exec", "env_reward", "exact_match", "format", "overlong")
 """The built-in reward functions, by the ``reward.functions[i].name`` that selects one when ``path`` is unset.
 
 Data rather than an import of ``grpo_dist.reward``: the config must not load a role package to validate a
@@ -160,6 +160,12 @@ def _async_errors(cfg: Config) -> list[str]:
             f"rollout.partial_segment_tokens = {r.partial_segment_tokens} with rollout.partial_rollout = 'off': "
             "samples are only generated in segments in a partial rollout; set rollout.partial_rollout = 'resume' "
             "or leave it unset"
+        )
+    if r.partial_rollout == "resume" and r.multi_turn.enabled:
+        errors.append(
+            "rollout.partial_rollout = 'resume' with rollout.multi_turn.env set: a trajectory is generated turn by "
+            "turn inside one engine call, and continuing one under new weights part-way is not built yet; use "
+            "rollout.partial_rollout = 'off'"
         )
     if r.partial_rollout == "resume" and max_staleness(cfg) == 0:
         errors.append(

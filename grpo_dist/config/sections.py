@@ -109,6 +109,48 @@ class ModelConfig(Section):
     """Train LoRA adapters instead of the whole model (off by default)."""
 
 
+class MultiTurnConfig(Section):
+    """Multi-turn rollouts: between the model's turns an environment answers (a tool's output, a user)."""
+
+    env: str | None = None
+    """The environment, ``package.module:Class`` (a subclass of ``grpo_dist.envs.Environment``), e.g.
+    ``grpo_dist.envs.tools:ToolEnv``; unset: one answer per sample."""
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the environment's constructor."""
+    max_turns: int = Field(4, ge=1)
+    """Most model turns per trajectory. All turns share ``data.max_response_length`` tokens (model and
+    environment tokens alike)."""
+    max_tokens_per_turn: int | None = Field(None, ge=1)
+    """Most tokens the model samples in one turn; a turn cut there is still answered (the environment
+    decides). Unset: what is left of ``data.max_response_length``."""
+    max_tool_response_length: int | None = Field(None, ge=1)
+    """Most tokens of one environment message; longer ones are cut on ``tool_response_truncation``."""
+    tool_response_truncation: Literal["left", "right"] = "right"
+    """Which end of a long environment message is cut: ``right`` keeps its start, ``left`` its end."""
+    template_check: Literal["strict"] = "strict"
+    """The prefix invariant of chat-template rendering, checked every turn: ``strict`` stops the rollout
+    naming the row and turn when adding messages rewrites earlier ones. (``fork``, a new sequence at each
+    rewrite, for templates that drop earlier reasoning, is not built yet.)"""
+    max_env_workers: int = Field(8, ge=1)
+    """Threads per engine that run environment steps (tool calls), so that one slow call does not hold up
+    the other samples' turns."""
+
+    @model_validator(mode="after")
+    def _check_env(self) -> MultiTurnConfig:
+        if self.env is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.env):
+            raise ValueError(f"env = {self.env!r}: expected 'package.module:Class'")
+        if self.env is None:
+            fields = type(self).model_fields
+            unused = [n for n, f in fields.items() if getattr(self, n) != f.get_default(call_default_factory=True)]
+            if unused:
+                raise ValueError(f"{', '.join(unused)} set while env is unset (single-turn rollouts): set env")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.env is not None
+
+
 class RolloutConfig(Section):
     num_engines: int = Field(2, ge=1)
     """vLLM engines, data-parallel over prompts (a prompt's whole group stays on one engine)."""
@@ -149,6 +191,8 @@ class RolloutConfig(Section):
     and the samples continue under it from their tokens so far (each token keeps the logprob and weights
     version it was sampled with). When an update lands is a matter of timing, so which tokens get the new
     weights differs between runs: prompts, order and resume stay exact, the versions do not."""
+    multi_turn: MultiTurnConfig = Field(default_factory=MultiTurnConfig)
+    """Multi-turn and tool-calling rollouts (off by default)."""
     partial_segment_tokens: int | None = Field(None, ge=1)
     """Tokens per sample in one engine call of a partial rollout: how long an update that landed waits to
     reach an engine. Unset: a quarter of ``data.max_response_length``. Only with ``partial_rollout: resume``."""

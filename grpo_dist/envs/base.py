@@ -54,6 +54,10 @@ class Environment(ABC):
     """Subclass and name ``package.module:Class`` in ``rollout.multi_turn.env``; ``env_kwargs`` are passed to
     the constructor. One instance per trajectory: state may live on ``self``."""
 
+    stop: tuple[str, ...] = ()
+    """Strings that end a model turn where the environment should answer (a tool call's closing tag); the
+    engine stops there and keeps the string in the turn's text and tokens."""
+
     @abstractmethod
     def reset(self, prompt: Prompt) -> None:
         """Start a trajectory from its dataset row (``prompt.ground_truth``, ``prompt.extra_info``...)."""

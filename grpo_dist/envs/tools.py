@@ -135,6 +135,7 @@ class ToolEnv(Environment):
         self.timeout_s = float(timeout_s)
         self.max_calls_per_turn = int(max_calls_per_turn)
         self.num_errors = 0
+        self.stop = tuple(f"</{t}>" for t in self.tools) if call_format == "tags" else ("</tool_call>",)
 
     def reset(self, prompt: Prompt) -> None:
         self.num_errors = 0

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 
+from grpo_dist.reward.trajectory_rewards import check_env_reward
+
 __all__ = [
     "BUILTINS",
     "CONTEXT_PARAMETERS",
@@ -41,7 +43,13 @@ __all__ = [
     "resolve",
 ]
 
-CONTEXT_PARAMETERS: tuple[str, ...] = ("response_length", "max_response_length", "finish_reason", "prompt")
+CONTEXT_PARAMETERS: tuple[str, ...] = (
+    "response_length",
+    "max_response_length",
+    "finish_reason",
+    "prompt",
+    "trajectory",
+)
 """Names a reward function may declare to receive per-sample context from the scorer."""
 
 EXTRACT_MODES: tuple[str, ...] = ("auto", "boxed", "hash", "last_number", "full")
@@ -288,6 +296,7 @@ def overlong(
 
 BUILTINS: dict[str, str] = {
     "code_exec": "grpo_dist.reward.code_exec:code_exec",
+    "env_reward": "grpo_dist.reward.trajectory_rewards:env_reward",
     "exact_match": "grpo_dist.reward.builtins:exact_match",
     "format": "grpo_dist.reward.builtins:format_reward",
     "overlong": "grpo_dist.reward.builtins:overlong",
@@ -363,6 +372,7 @@ def _check_code_exec(kwargs: Mapping[str, Any], where: str, max_response_length:
 
 _KWARG_CHECKS: dict[str, Callable[[Mapping[str, Any], str, int | None], None]] = {
     "code_exec": _check_code_exec,
+    "env_reward": check_env_reward,
     "exact_match": _check_exact_match,
     "format": _check_format,
     "overlong": _check_overlong,

@@ -362,10 +362,11 @@ class RewardScorer:
     def _context(self, index: int, group: RolloutGroup, i: int) -> dict[str, Any]:
         completion = group.completions[i]
         available = {
-            "response_length": len(completion.token_ids),
+            "response_length": sum(completion.mask()),  # the model's own tokens (not a tool's)
             "max_response_length": self.max_response_length,
             "finish_reason": completion.finish_reason,
             "prompt": group.prompt.text,
+            "trajectory": completion.turns,
         }
         return {name: available[name] for name in self._context_params[index]}
 

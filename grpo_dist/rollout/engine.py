@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ import torch
 from grpo_dist.learner.lora import vllm_max_lora_rank
 from grpo_dist.models.layout import CheckpointLayout
 from grpo_dist.models.reload_fixes import rederive_after_reload
+from grpo_dist.rollout.multi_turn import MultiTurnSettings
 from grpo_dist.rollout.partial import SegmentRequest, Segments, extend_completion
 from grpo_dist.rollout.seeds import occurrence_stream, sample_seed, segment_stream
 from grpo_dist.sync.plan import Bucket, checksum
@@ -123,6 +124,7 @@ class VllmEngine:
         initial_version: int = 0,
         lora_rank: int = 0,
         initial_adapter: str | None = None,
+        multi_turn: dict[str, Any] | None = None,
     ) -> None:
         """``lora_rank`` > 0: the engine serves the base ``model_path`` with a LoRA adapter of that rank, which
         each sync replaces (``initial_adapter``: a peft adapter directory to start with, as version
@@ -155,6 +157,8 @@ class VllmEngine:
         self._receiver: Any = None
         self._plan: list[Bucket] = []
         self._adapter_config: dict[str, Any] | None = None
+        self.multi_turn = MultiTurnSettings(**multi_turn) if multi_turn else None
+        self._turn_stop = self.multi_turn.make_env().stop if self.multi_turn else ()  # (imports the env: fails early)
         self.adapters = AdapterSlot(self.llm) if lora_rank else None
         if self.adapters is not None and initial_adapter is not None:
             self.adapters.load(initial_adapter)
@@ -186,6 +190,8 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         self._check_can_sample(min_version)
+        if self.multi_turn is not None:
+            return self._trajectories(prompts, spec, run_seed, stream, step, batch_indices, occurrences)
         requests, params = [], []
         for prompt, occurrence in zip(prompts, occurrences, strict=True):
             key = occurrence_stream(stream, occurrence)
@@ -198,6 +204,50 @@ class VllmEngine:
             completions = [_completion(outputs[p * spec.n + i].outputs[0]) for i in range(spec.n)]
             groups.append(RolloutGroup(prompt, completions, self.version, self.engine_index, batch_indices[p]))
         return groups
+
+    def _trajectories(
+        self,
+        prompts: list[Prompt],
+        spec: SamplingSpec,
+        run_seed: int,
+        stream: str,
+        step: int,
+        batch_indices: list[int],
+        occurrences: list[int],
+    ) -> list[RolloutGroup]:
+        """Multi-turn rollouts (``rollout.multi_turn``): each sample a trajectory of model turns and environment
+        answers, continued from its own token ids every turn; turn t of a sample has its own seed stream."""
+        from vllm.inputs import TokensPrompt
+
+        from grpo_dist.rollout.multi_turn import sample_completions
+
+        assert self.multi_turn is not None
+        turn_spec = replace(spec, stop=(*spec.stop, *self._turn_stop))
+
+        def seed_of(k: int, i: int, turn: int) -> int:
+            key = segment_stream(occurrence_stream(stream, occurrences[k]), turn)
+            return sample_seed(run_seed, key, step, prompts[k].prompt_id, i)
+
+        def generate(inputs: list[list[int]], budget: list[int], seeds: list[int]):
+            params = [_params(turn_spec, m, s, keep_stop=True) for m, s in zip(budget, seeds)]
+            requests = [TokensPrompt(prompt_token_ids=ids) for ids in inputs]
+            outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._lora_request())
+            done = [_completion(o.outputs[0]) for o in outputs]
+            return [(c.token_ids, c.logprobs, c.text, c.finish_reason) for c in done]
+
+        per_prompt = sample_completions(
+            prompts,
+            spec.n,
+            settings=self.multi_turn,
+            tokenizer=self.llm.get_tokenizer(),
+            max_total_tokens=spec.max_tokens,
+            seed_of=seed_of,
+            generate=generate,
+        )
+        return [
+            RolloutGroup(p, completions, self.version, self.engine_index, batch_indices[k])
+            for k, (p, completions) in enumerate(zip(prompts, per_prompt))
+        ]
 
     def generate_segments(
         self,
@@ -409,8 +459,9 @@ class AdapterSlot:
             raise
 
 
-def _params(spec: SamplingSpec, max_tokens: int, seed: int) -> Any:
-    """One seeded request's ``SamplingParams`` (``n=1``: each sample is its own request, with its own seed)."""
+def _params(spec: SamplingSpec, max_tokens: int, seed: int, *, keep_stop: bool = False) -> Any:
+    """One seeded request's ``SamplingParams`` (``n=1``: each sample is its own request, with its own seed);
+    ``keep_stop``: a stop string stays in the output (a tool call's closing tag is part of the turn)."""
     from vllm import SamplingParams
 
     return SamplingParams(
@@ -423,6 +474,7 @@ def _params(spec: SamplingSpec, max_tokens: int, seed: int) -> Any:
         ignore_eos=spec.ignore_eos,
         logprobs=0,
         seed=seed,
+        include_stop_str_in_output=keep_stop,
     )
 
 

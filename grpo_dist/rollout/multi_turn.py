@@ -15,10 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
-from grpo_dist.envs.base import Environment, EnvReply, ModelTurn
-from grpo_dist.rollout.trajectory import Budgets, GenerateTurn, Renderer, Trajectory, initial_messages
-from grpo_dist.types import Prompt
+from grpo_dist.envs.base import Environment, EnvReply, ModelTurn, load_environment
+from grpo_dist.rollout.trajectory import (
+    Budgets,
+    ChatRenderer,
+    GenerateTurn,
+    PlainRenderer,
+    Renderer,
+    Trajectory,
+    initial_messages,
+)
+from grpo_dist.types import Completion, Prompt
 
 
 class EnvironmentStepError(RuntimeError):
@@ -36,14 +46,14 @@ def run_trajectories(
     env_name: str = "environment",
 ) -> list[Trajectory]:
     """One trajectory per entry of ``prompts`` (a prompt repeated G times gives its G samples)."""
-    trajectories = [Trajectory(p, initial_messages(p)) for p in prompts]
+    trajectories = [Trajectory(p, initial_messages(p), index=k) for k, p in enumerate(prompts)]
     envs = [make_env() for _ in prompts]
     for env, prompt in zip(envs, prompts):
         env.reset(prompt)
     live = list(range(len(prompts)))
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(prompts)))) as pool:
         while live:
-            budget = [trajectories[i].num_tokens_left(budgets) for i in live]
+            budget = [trajectories[i].turn_budget(budgets) for i in live]
             outputs = generate([trajectories[i] for i in live], budget)
             turns = [trajectories[i].add_model_turn(*out) for i, out in zip(live, outputs, strict=True)]
 
@@ -59,3 +69,69 @@ def run_trajectories(
                 trajectories[i].add_reply(turn, reply, renderer, budgets)
             live = [i for i in live if not trajectories[i].done]
     return trajectories
+
+
+@dataclass(frozen=True)
+class MultiTurnSettings:
+    """What an engine needs to run trajectories (``rollout.multi_turn`` and the response budget)."""
+
+    env: str
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 4
+    max_tool_response_length: int | None = None
+    tool_response_truncation: str = "right"
+    max_env_workers: int = 8
+    max_tokens_per_turn: int | None = None
+
+    def budgets(self, max_total_tokens: int) -> Budgets:
+        return Budgets(
+            max_turns=self.max_turns,
+            max_total_tokens=max_total_tokens,
+            max_tool_response_tokens=self.max_tool_response_length,
+            truncation_side=self.tool_response_truncation,  # type: ignore[arg-type]
+            max_turn_tokens=self.max_tokens_per_turn,
+        )
+
+    def make_env(self) -> Environment:
+        return load_environment(self.env, self.env_kwargs)
+
+
+RoundGenerate = Callable[[list[list[int]], list[int], list[int]], list[tuple[list[int], list[float], str, str]]]
+"""``(input ids, max new tokens, seeds) -> (token ids, logprobs, text, finish reason)``, one per request."""
+
+
+def sample_completions(
+    prompts: Sequence[Prompt],
+    n: int,
+    *,
+    settings: MultiTurnSettings,
+    tokenizer: Any,
+    max_total_tokens: int,
+    seed_of: Callable[[int, int, int], int],
+    generate: RoundGenerate,
+) -> list[list[Completion]]:
+    """``n`` trajectories per prompt, as completions (the engine's side of a multi-turn rollout).
+
+    ``seed_of(prompt position, sample, turn)`` seeds each turn's request; chat-message prompts go through
+    the chat template, plain ones are continued as text."""
+    templated = {p.messages is not None for p in prompts}
+    if len(templated) > 1:
+        raise ValueError("a multi-turn batch mixes chat-message and plain-text prompts; use one kind per dataset")
+    renderer: Renderer = ChatRenderer(tokenizer) if templated == {True} else PlainRenderer(tokenizer)
+    samples = [p for p in prompts for _ in range(n)]
+
+    def one_round(trajectories: list[Trajectory], budget: list[int]):
+        seeds = [seed_of(t.index // n, t.index % n, len(t.turns)) for t in trajectories]
+        return generate([t.input_ids for t in trajectories], budget, seeds)
+
+    trajectories = run_trajectories(
+        samples,
+        generate=one_round,
+        make_env=settings.make_env,
+        renderer=renderer,
+        budgets=settings.budgets(max_total_tokens),
+        max_workers=settings.max_env_workers,
+        env_name=settings.env,
+    )
+    completions = [t.completion(version=0) for t in trajectories]
+    return [completions[k * n : (k + 1) * n] for k in range(len(prompts))]

@@ -60,6 +60,23 @@ def serves_adapters(cfg: Config) -> bool:
     return cfg.model.lora.enabled and cfg.model.lora.sync == "adapter"
 
 
+def multi_turn_settings(cfg: Config) -> dict[str, Any] | None:
+    """The engines' ``rollout.multi_turn`` settings (None: one answer per sample)."""
+    mt = cfg.rollout.multi_turn
+    if not mt.enabled:
+        return None
+    keep = (
+        "env",
+        "env_kwargs",
+        "max_turns",
+        "max_tokens_per_turn",
+        "max_tool_response_length",
+        "tool_response_truncation",
+        "max_env_workers",
+    )
+    return {k: getattr(mt, k) for k in keep}
+
+
 def chunk(items: list[Any], num_chunks: int) -> list[list[Any]]:
     size = -(-len(items) // max(1, num_chunks))
     return [items[i : i + size] for i in range(0, len(items), size)] if items else []
@@ -97,6 +114,7 @@ class EnginePool:
             "initial_version": initial_version,
             "lora_rank": cfg.model.lora.rank if serves_adapters(cfg) else 0,
             "initial_adapter": initial_adapter,
+            "multi_turn": multi_turn_settings(cfg),
         }
         # slot i is bundle i of the placement group; a restarted engine takes its predecessor's slot
         self.supervisor = ActorSlots(

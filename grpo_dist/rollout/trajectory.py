@@ -19,7 +19,8 @@ Environment messages become tokens through a ``Renderer``:
   end-of-turn token when the turn was cut by length) is appended as environment tokens too.
 
 Budgets: ``max_turns`` model turns, ``max_total_tokens`` response tokens shared by all turns (model and
-environment), and ``max_tool_response_tokens`` per environment message, cut on ``truncation_side``.
+environment), ``max_turn_tokens`` per model turn, and ``max_tool_response_tokens`` per environment message,
+cut on ``truncation_side``.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ class Budgets:
     max_total_tokens: int
     max_tool_response_tokens: int | None = None
     truncation_side: TruncationSide = "right"
+    max_turn_tokens: int | None = None
+    """Most new tokens in one model turn (a turn cut there can still be answered)."""
 
 
 @dataclass
@@ -144,6 +147,8 @@ class Trajectory:
     turns: list[Turn] = field(default_factory=list)
     done: bool = False
     finish_reason: FinishReason = "stop"
+    index: int = 0
+    """The trajectory's position in its rollout (which sample of which prompt: its seeds)."""
 
     @property
     def input_ids(self) -> list[int]:
@@ -197,14 +202,19 @@ class Trajectory:
     def num_tokens_left(self, budgets: Budgets) -> int:
         return budgets.max_total_tokens - len(self.token_ids)
 
+    def turn_budget(self, budgets: Budgets) -> int:
+        """New tokens the model may sample in its next turn."""
+        left = self.num_tokens_left(budgets)
+        return left if budgets.max_turn_tokens is None else min(left, budgets.max_turn_tokens)
+
     def completion(self, version: int) -> Completion:
-        """The trajectory as the learner and the reward functions take it."""
-        text = "".join(t.text + "".join(m["content"] for m in t.messages) for t in self.turns)
+        """The trajectory as the learner and the reward functions take it: its text is the model's last
+        turn (what answer-matching rewards should read: a tool's output must not pass for the answer)."""
         return Completion(
             token_ids=list(self.token_ids),
             logprobs=list(self.logprobs),
             finish_reason=self.finish_reason,
-            text=text,
+            text=self.turns[-1].text if self.turns else "",  # the final answer; every turn is in ``turns``
             loss_mask=list(self.loss_mask),
             turns=[_turn_dict(t) for t in self.turns],
         )

@@ -70,7 +70,8 @@ def test_scripted_policy_against_the_calculator_is_token_exact(tok: Any) -> None
     assert traj.logprobs == [-0.25] * len(call) + [0.0] * len(env_ids) + [-0.25] * len(answer)
     assert [t.tool_calls for t in traj.turns] == [1, 0] and traj.done and traj.finish_reason == "stop"
     completion = traj.completion(version=0)
-    assert completion.text.endswith("<result>1776</result>1776") and completion.mask() == traj.loss_mask
+    assert completion.text == "1776" and completion.mask() == traj.loss_mask
+    assert completion.turns[0]["messages"] == [{"role": "tool", "content": "<result>1776</result>"}]
 
 
 def test_the_models_tokens_stay_verbatim_where_re_encoding_would_change_them() -> None:
@@ -245,3 +246,23 @@ def test_environments_load_by_import_path_with_clear_errors() -> None:
         load_environment("grpo_dist.envs.nope:Env")
     with pytest.raises(ValueError, match="env_kwargs do not fit"):
         load_environment("grpo_dist.envs.tools:ToolEnv", {"colour": "red"})
+
+
+def test_a_turn_cut_by_its_own_cap_is_still_answered(tok: Any) -> None:
+    class Nudge(Environment):
+        def reset(self, prompt: Prompt) -> None:
+            pass
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            return EnvReply(messages=[{"role": "user", "content": "go on"}], done=turn.index >= 1)
+
+    script = Script(tok, [[5] * 10, [6] * 10])
+    (traj,) = run_trajectories(
+        [_prompt(tok)],
+        generate=script,
+        make_env=Nudge,
+        renderer=PlainRenderer(tok),
+        budgets=Budgets(4, 256, None, "right", 3),
+    )
+    assert [(t.num_tokens, t.finish_reason) for t in traj.turns] == [(3, "length"), (3, "length")]
+    assert traj.token_ids == [5, 5, 5, *_encode(tok, "go on"), 6, 6, 6]

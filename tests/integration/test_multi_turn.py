@@ -1,0 +1,61 @@
+"""A real two-turn rollout: a vLLM engine on CPU continues each trajectory from its own token ids, and the
+logprobs it reports for the model's tokens (mask 1) are the learner's (its forward path, fp32, < 1e-4)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_turn_rollout_logprobs_match_the_learners(local_ray: None, tiny_assets: dict[str, str]) -> None:
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo_dist.learner.forward import ForwardSettings, token_outputs
+    from grpo_dist.rollout.engine import SamplingSpec, create_engine_actor, engine_env
+    from grpo_dist.types import Prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    settings = {"env": "tests.integration.envs:TwoTurns", "max_turns": 4, "max_tokens_per_turn": 10}
+    engine = create_engine_actor(
+        options={"num_cpus": 1},
+        env=engine_env(device="cpu", cpu_ids=None),
+        engine_index=0,
+        model_path=tiny_assets["model"],
+        dtype="float32",
+        device="cpu",
+        max_model_len=96,
+        seed=0,
+        kv_cache_gib=0.25,
+        multi_turn=settings,
+    )
+    prompts = [
+        Prompt(prompt_id=i, token_ids=[tok.bos_token_id, *tok(text, add_special_tokens=False).input_ids], text=text)
+        for i, text in enumerate(["37+48=", "5+9="])
+    ]
+    spec = SamplingSpec(n=2, max_tokens=24, temperature=1.0)
+    try:
+        groups = ray.get(engine.generate.remote(prompts, spec, run_seed=0, stream="train", step=1), timeout=300)
+    finally:
+        ray.kill(engine, no_restart=True)
+    reply = tok(" 12+30=", add_special_tokens=False).input_ids
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets["model"], dtype=torch.float32).eval()
+    settings_fwd = ForwardSettings(packing=False, temperature=1.0, chunk_size=1024)
+    worst = 0.0
+    for group in groups:
+        for c in group.completions:
+            mask, turns = c.mask(), c.turns
+            assert len(turns) == 2 and [t["reward"] for t in turns] == [0.5, 1.0]
+            first = turns[0]["num_tokens"]
+            assert mask == [1] * first + [0] * len(reply) + [1] * turns[1]["num_tokens"]
+            assert c.token_ids[first : first + len(reply)] == reply  # the environment's message, as tokens
+            assert all(lp == 0.0 for lp, m in zip(c.logprobs, mask) if not m)
+            ids = torch.tensor([[*group.prompt.token_ids, *c.token_ids]])
+            with torch.no_grad():
+                lp, _ = token_outputs(model, ids, torch.ones_like(ids), settings_fwd)
+            learner = lp[0, len(group.prompt.token_ids) - 1 :].tolist()
+            diffs = [abs(a - b) for a, b, m in zip(c.logprobs, learner, mask) if m]
+            worst = max(worst, *diffs)
+    assert worst < 1e-4, worst
