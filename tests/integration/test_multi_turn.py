@@ -59,3 +59,53 @@ def test_two_turn_rollout_logprobs_match_the_learners(local_ray: None, tiny_asse
             diffs = [abs(a - b) for a, b, m in zip(c.logprobs, learner, mask) if m]
             worst = max(worst, *diffs)
     assert worst < 1e-4, worst
+
+
+def test_training_steps_with_an_environment_from_the_config(
+    local_ray: None, tiny_assets: dict[str, str], tmp_path
+) -> None:
+    """The user's path: ``rollout.multi_turn.env`` named in the config, two GRPO steps through the real
+    actors; every sample has two turns, the environment's step rewards reach the reward (``env_reward``),
+    the learner trains on the model's tokens only, and every turn is in the rollout log."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from grpo_dist.config import load_config
+    from grpo_dist.controller import Controller
+    from grpo_dist.metrics import read_metrics
+    from tests.integration.conftest import TINY_CONFIG, tiny_overrides
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        TINY_CONFIG,
+        [
+            *tiny_overrides(tiny_assets, run_dir),
+            "trainer.total_steps=2",
+            "trainer.eval_every=0",
+            "data.eval_files=[]",  # (no held-out evaluation: it is the same engine call)
+            "rollout.num_engines=1",
+            "learner.num_ranks=1",
+            "reward.num_workers=1",
+            "data.max_response_length=16",
+            "rollout.multi_turn.env=tests.integration.envs:TwoTurns",
+            "rollout.multi_turn.max_tokens_per_turn=6",
+            "reward.functions=[{name: env_reward, kwargs: {mode: last}}, {name: exact_match}]",
+            "sync.probe_tolerance=1e-4",
+        ],
+    )
+    with Controller(cfg) as controller:
+        controller.start()
+        controller.run()
+    steps = [m for m in read_metrics(run_dir) if "learner/loss" in m]
+    assert len(steps) == 2
+    assert all(m["rollout/num_turns_mean"] == 2.0 and m["rollout/tool_calls_mean"] == 0.0 for m in steps)
+    assert all(m["reward/env_reward"] == 1.0 for m in steps)  # mode last: the second step's reward
+    table = pq.read_table(run_dir / "rollouts" / "step_000001.parquet").to_pylist()
+    for row in table:
+        turns = json.loads(row["turns"])
+        assert row["num_turns"] == 2 and [t["reward"] for t in turns] == [0.5, 1.0]
+        assert sum(row["loss_mask"]) == sum(t["num_tokens"] for t in turns) < len(row["token_ids"])
+        assert row["completion"] == turns[-1]["text"]
+    # the learner counted the model's tokens only
+    assert steps[0]["learner/loss_tokens"] == sum(sum(r["loss_mask"]) for r in table if r["valid"])
