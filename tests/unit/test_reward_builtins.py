@@ -205,7 +205,7 @@ def fc(name: str, path: str | None = None, **kwargs: Any) -> RewardFunctionConfi
 
 
 def test_resolve_builtins_by_name_and_by_path() -> None:
-    assert set(BUILTINS) == {"code_exec", "exact_match", "format", "overlong"}
+    assert set(BUILTINS) == {"code_exec", "env_reward", "exact_match", "format", "overlong"}
     assert resolve(fc("exact_match")) is exact_match
     assert resolve(fc("fmt", "grpo_dist.reward.builtins:format_reward", pattern="x")) is format_reward
 
@@ -234,7 +234,7 @@ def test_resolve_user_function() -> None:
         (
             fc("nope"),
             r"reward\.functions\[3\]\.name = 'nope' is not a built-in "
-            r".*\['code_exec', 'exact_match', 'format', 'overlong'\]",
+            r".*\['code_exec', 'env_reward', 'exact_match', 'format', 'overlong'\]",
         ),
         (fc("exact_match", extrct="boxed"), r"reward\.functions\[3\]: cannot call .*extrct"),
         (fc("exact_match", extract="first"), r"reward\.functions\[3\]\.kwargs\.extract = 'first'"),
@@ -283,3 +283,15 @@ def test_context_parameters() -> None:
         "prompt",
     }
     assert context_parameters(reward_fixtures.takes_any) == frozenset()  # **kwargs does not ask for context
+
+
+def test_env_reward_sums_or_takes_the_last_step_reward_of_a_trajectory() -> None:
+    from grpo_dist.reward.trajectory_rewards import env_reward
+
+    turns = [{"reward": 0.5}, {"reward": 0.0}, {"reward": 2.0}]
+    assert env_reward(None, "", None, {}, trajectory=turns) == 2.5
+    assert env_reward(None, "", None, {}, trajectory=turns, mode="last") == 2.0
+    assert env_reward(None, "", None, {}, trajectory=[]) == 0.0  # a single answer: no step rewards
+    with pytest.raises(ValueError, match="mode = 'max'"):
+        env_reward(None, "", None, {}, trajectory=turns, mode="max")
+    assert resolve(fc("env_reward")) is env_reward

@@ -38,7 +38,7 @@ def test_importing_builtins_loads_no_sandbox_and_no_ray() -> None:
 
 
 def test_builtins_table_names_each_function_by_its_own_path() -> None:
-    assert set(BUILTINS) == {"code_exec", "exact_match", "format", "overlong"}
+    assert set(BUILTINS) == {"code_exec", "env_reward", "exact_match", "format", "overlong"}
     for name, path in BUILTINS.items():
         module_name, _, attr = path.partition(":")
         fn = getattr(importlib.import_module(module_name), attr)
