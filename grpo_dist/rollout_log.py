@@ -64,7 +64,7 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
                 LOSS_MASK_COLUMN: completion.mask(),
                 "num_turns": max(1, len(completion.turns)),
                 "tool_calls": sum(int(t.get("tool_calls", 0)) for t in completion.turns),
-                "turns": json.dumps(completion.turns),
+                "turns": json.dumps(completion.turns, default=str),  # (an environment's info may hold anything)
             }
             for name, values in scored.components.items():
                 row[COMPONENT_PREFIX + name] = values[i]

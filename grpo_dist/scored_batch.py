@@ -117,7 +117,9 @@ def staleness_metrics(groups: list[ScoredGroup], *, learner_version: int) -> dic
     per token too, and the share of samples a partial rollout continued under newer weights."""
     lags = [learner_version - g.group.weights_version for g in groups]
     completions = [(c, g.group.weights_version) for g in groups for c in g.group.completions]
-    token_lags = [learner_version - v for c, version in completions for v in c.versions(version)]
+    token_lags = [  # the model's tokens (an environment's have no version)
+        learner_version - v for c, version in completions for v, m in zip(c.versions(version), c.mask()) if m
+    ]
     return {
         metric_names.ASYNC_STALENESS_MEAN: sum(lags) / len(lags),
         metric_names.ASYNC_STALENESS_MAX: float(max(lags)),

@@ -64,7 +64,8 @@ class Environment(ABC):
 
     @abstractmethod
     def step(self, turn: ModelTurn) -> EnvReply:
-        """Answer the model's turn. Raising is a failure of the sample (handled as a reward failure)."""
+        """Answer the model's turn. Raising stops the rollout with an error naming the environment, the row and
+        the turn (a bug in an environment must not pass for a low reward): answer a bad call with a message."""
 
 
 def load_environment(path: str, kwargs: dict[str, Any] | None = None) -> Environment:

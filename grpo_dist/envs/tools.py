@@ -48,37 +48,44 @@ MAX_EXPONENT = 64
 MAX_MAGNITUDE = 10**30
 
 
+MAX_EXPRESSION_CHARS = 256
+
+
 def calculate(expression: str) -> str:
     """The value of an arithmetic expression (numbers, + - * / // % **, parentheses), as text. Anything else
-    (names, calls, huge powers) raises ValueError: the calculator never evaluates code."""
+    (names, calls, huge numbers or powers, deep nesting) raises ValueError: the calculator never evaluates
+    code, and no expression a model writes can make it raise anything else."""
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"not an arithmetic expression: {exc.msg}") from None
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        raise ValueError(f"not an arithmetic expression: {getattr(exc, 'msg', type(exc).__name__)}") from None
+
+    def checked(x: Any) -> int | float:
+        if isinstance(x, complex) or (isinstance(x, float) and not math.isfinite(x)) or abs(x) > MAX_MAGNITUDE:
+            raise ValueError("number out of range")
+        return x
 
     def value(node: ast.AST) -> int | float:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
+            return checked(node.value)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = value(node.left), value(node.right)
             if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
                 raise ValueError(f"exponent {right} is above {MAX_EXPONENT}")
-            result = _BINARY[type(node.op)](left, right)
-        elif isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            result = _UNARY[type(node.op)](value(node.operand))
-        else:
-            raise ValueError(f"unsupported syntax: {ast.dump(node)[:60]}")
-        if isinstance(result, complex) or abs(result) > MAX_MAGNITUDE:
-            raise ValueError("result out of range")
-        return result
+            return checked(_BINARY[type(node.op)](left, right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return checked(_UNARY[type(node.op)](value(node.operand)))
+        raise ValueError(f"unsupported syntax: {ast.dump(node)[:60]}")
 
     try:
         result = value(tree.body)
     except ZeroDivisionError:
         raise ValueError("division by zero") from None
+    except (ArithmeticError, RecursionError, MemoryError) as exc:  # OverflowError of a float operation, ...
+        raise ValueError(f"number out of range ({type(exc).__name__})") from None
     if isinstance(result, float):
-        if not math.isfinite(result):
-            raise ValueError("result out of range")
         if result.is_integer():
             return str(int(result))
         return f"{result:.10g}"
@@ -135,7 +142,9 @@ class ToolEnv(Environment):
         self.timeout_s = float(timeout_s)
         self.max_calls_per_turn = int(max_calls_per_turn)
         self.num_errors = 0
-        self.stop = tuple(f"</{t}>" for t in self.tools) if call_format == "tags" else ("</tool_call>",)
+        # tags: the turn ends at a call's closing tag. hermes (chat templates): the model ends its turn itself,
+        # after its calls, as the template's format has it (a stop at </tool_call> would never train that)
+        self.stop = tuple(f"</{t}>" for t in self.tools) if call_format == "tags" else ()
 
     def reset(self, prompt: Prompt) -> None:
         self.num_errors = 0

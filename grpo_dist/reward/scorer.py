@@ -362,7 +362,8 @@ class RewardScorer:
     def _context(self, index: int, group: RolloutGroup, i: int) -> dict[str, Any]:
         completion = group.completions[i]
         available = {
-            "response_length": sum(completion.mask()),  # the model's own tokens (not a tool's)
+            # the whole response, as data.max_response_length bounds it (a trajectory's tool tokens included)
+            "response_length": len(completion.token_ids),
             "max_response_length": self.max_response_length,
             "finish_reason": completion.finish_reason,
             "prompt": group.prompt.text,

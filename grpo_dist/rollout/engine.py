@@ -131,6 +131,8 @@ class VllmEngine:
         ``initial_version``; none: the bare base, which is what a fresh adapter computes)."""
         from vllm import LLM
 
+        self.multi_turn = MultiTurnSettings(**multi_turn) if multi_turn else None
+        self._turn_stop = self.multi_turn.make_env().stop if self.multi_turn else ()  # (imports it before vLLM loads)
         self.engine_index = engine_index
         self.device = torch.device("cuda" if device == "cuda" else "cpu")
         self.tensor_parallel_size = tensor_parallel_size
@@ -157,8 +159,6 @@ class VllmEngine:
         self._receiver: Any = None
         self._plan: list[Bucket] = []
         self._adapter_config: dict[str, Any] | None = None
-        self.multi_turn = MultiTurnSettings(**multi_turn) if multi_turn else None
-        self._turn_stop = self.multi_turn.make_env().stop if self.multi_turn else ()  # (imports the env: fails early)
         self.adapters = AdapterSlot(self.llm) if lora_rank else None
         if self.adapters is not None and initial_adapter is not None:
             self.adapters.load(initial_adapter)
@@ -233,7 +233,7 @@ class VllmEngine:
             requests = [TokensPrompt(prompt_token_ids=ids) for ids in inputs]
             outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._lora_request())
             done = [_completion(o.outputs[0]) for o in outputs]
-            return [(c.token_ids, c.logprobs, c.text, c.finish_reason) for c in done]
+            return [(c.token_ids, c.logprobs, _without(c.text, spec.stop), c.finish_reason) for c in done]
 
         per_prompt = sample_completions(
             prompts,
@@ -476,6 +476,11 @@ def _params(spec: SamplingSpec, max_tokens: int, seed: int, *, keep_stop: bool =
         seed=seed,
         include_stop_str_in_output=keep_stop,
     )
+
+
+def _without(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` without a trailing user stop string (kept in the output only for the environments' own)."""
+    return next((text.removesuffix(s) for s in stop if s and text.endswith(s)), text)
 
 
 def _completion(out: Any) -> Completion:

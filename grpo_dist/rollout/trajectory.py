@@ -44,7 +44,7 @@ class Renderer(ABC):
     """Turns messages into the tokens that follow a model turn."""
 
     @abstractmethod
-    def closing(self, history: list[Message], turn: ModelTurn) -> list[int]:
+    def closing(self, history: list[Message], turn: ModelTurn, *, where: str) -> list[int]:
         """Tokens the conversation's format puts after the model's turn that the model did not sample."""
 
     @abstractmethod
@@ -72,7 +72,7 @@ class _Tokenizer:
 class PlainRenderer(_Tokenizer, Renderer):
     """Messages as their content, encoded and appended (the environment writes its own framing)."""
 
-    def closing(self, history: list[Message], turn: ModelTurn) -> list[int]:
+    def closing(self, history: list[Message], turn: ModelTurn, *, where: str) -> list[int]:
         return []
 
     def messages(self, history: list[Message], new: list[Message], *, where: str) -> list[int]:
@@ -85,13 +85,20 @@ class ChatRenderer(_Tokenizer, Renderer):
     def _render(self, messages: list[Message], *, generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
-    def closing(self, history: list[Message], turn: ModelTurn) -> list[int]:
+    def closing(self, history: list[Message], turn: ModelTurn, *, where: str) -> list[int]:
         before = self._render(history[:-1], generation_prompt=True)
         after = self._render(history, generation_prompt=False)
         content = history[-1]["content"]
-        start = after.find(content, len(before)) if after.startswith(before) else -1
+        if not after.startswith(before):
+            raise TrajectoryError(
+                f"{where}: the chat template renders the conversation before the model's turn differently once the "
+                "turn is added (its generation prompt is not the start of the assistant turn)"
+            )
+        start = after.find(content, len(before))
         if start < 0:
-            raise TrajectoryError(f"turn {turn.index}: the chat template does not render the model's turn verbatim")
+            raise TrajectoryError(
+                f"{where}: the chat template does not render the model's turn verbatim (it trims or rewrites it)"
+            )
         ids = self.encode(after[start + len(content) :])
         if ids and turn.token_ids and turn.token_ids[-1] == ids[0]:
             ids = ids[1:]  # the model sampled the end-of-turn token itself (vLLM keeps a stop token's id)
@@ -187,12 +194,15 @@ class Trajectory:
             return
         where = f"row {self.prompt.prompt_id}, turn {turn.index}"
         messages = [_truncated(m, renderer, budgets) for m in reply.messages]
-        ids = renderer.closing(self.messages, turn) + renderer.messages(self.messages, messages, where=where)
-        record.messages = messages
-        self.messages += messages
+        ids = renderer.closing(self.messages, turn, where=where) + renderer.messages(
+            self.messages, messages, where=where
+        )
         if len(self.token_ids) + len(ids) >= budgets.max_total_tokens or len(self.turns) >= budgets.max_turns:
             self._finish("length")  # no room (or no turn) left for the model to read the answer and reply
+            record.info["unanswered"] = True  # (the reply is not in the tokens, so not in the record either)
             return
+        record.messages = messages
+        self.messages += messages
         self._add_env_tokens(ids)
 
     def _finish(self, reason: FinishReason) -> None:
