@@ -100,7 +100,8 @@ class ChatRenderer(_Tokenizer, Renderer):
                 f"{where}: the chat template does not render the model's turn verbatim (it trims or rewrites it)"
             )
         ids = self.encode(after[start + len(content) :])
-        if ids and turn.token_ids and turn.token_ids[-1] == ids[0]:
+        special = set(self.tokenizer.all_special_ids)
+        if ids and turn.token_ids and turn.token_ids[-1] == ids[0] and ids[0] in special:
             ids = ids[1:]  # the model sampled the end-of-turn token itself (vLLM keeps a stop token's id)
         return ids
 
