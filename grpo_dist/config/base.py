@@ -16,3 +16,9 @@ class Section(BaseModel):
         allow_inf_nan=False,
         frozen=True,
     )
+
+    def changed_fields(self) -> list[str]:
+        """The fields whose values differ from their defaults (a saved config, which spells every field,
+        has the same ones as the file it came from)."""
+        fields = type(self).model_fields
+        return [n for n, f in fields.items() if getattr(self, n) != f.get_default(call_default_factory=True)]

@@ -75,8 +75,7 @@ class LoraConfig(Section):
     @model_validator(mode="after")
     def _check_off(self) -> LoraConfig:
         if self.rank == 0:
-            fields = type(self).model_fields
-            unused = [n for n, f in fields.items() if getattr(self, n) != f.get_default(call_default_factory=True)]
+            unused = self.changed_fields()
             if unused:
                 settings = ", ".join(f"{n} = {getattr(self, n)!r}" for n in unused)
                 raise ValueError(f"{settings} set while rank = 0 (LoRA off): set rank > 0 to train adapters, or unset")
@@ -140,8 +139,7 @@ class MultiTurnConfig(Section):
         if self.env is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.env):
             raise ValueError(f"env = {self.env!r}: expected 'package.module:Class'")
         if self.env is None:
-            fields = type(self).model_fields
-            unused = [n for n, f in fields.items() if getattr(self, n) != f.get_default(call_default_factory=True)]
+            unused = self.changed_fields()
             if unused:
                 raise ValueError(f"{', '.join(unused)} set while env is unset (single-turn rollouts): set env")
         return self

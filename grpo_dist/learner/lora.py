@@ -22,7 +22,6 @@ DeepSpeed or peft.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -153,11 +152,5 @@ def adapter_config(model: torch.nn.Module, *, base_model: str) -> dict[str, Any]
 
     config = model.peft_config[ADAPTER]
     config.base_model_name_or_path = base_model
-    out = config.to_dict()
-    if isinstance(out.get("target_modules"), set):
-        out["target_modules"] = sorted(out["target_modules"])
-    return json.loads(json.dumps(out, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
-
-
-def num_adapter_params(table: Sequence[Export]) -> int:
-    return sum(math.prod(e.meta.shape) for e in table)
+    # through JSON: sets (the resolved targets) become sorted lists, enums their values
+    return json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))

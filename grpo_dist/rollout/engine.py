@@ -219,7 +219,7 @@ class VllmEngine:
         answers, continued from its own token ids every turn; turn t of a sample has its own seed stream."""
         from vllm.inputs import TokensPrompt
 
-        from grpo_dist.rollout.multi_turn import sample_completions
+        from grpo_dist.rollout.multi_turn import sample_completions, without_stop
 
         assert self.multi_turn is not None
         turn_spec = replace(spec, stop=(*spec.stop, *self._turn_stop))
@@ -233,7 +233,7 @@ class VllmEngine:
             requests = [TokensPrompt(prompt_token_ids=ids) for ids in inputs]
             outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._lora_request())
             done = [_completion(o.outputs[0]) for o in outputs]
-            return [(c.token_ids, c.logprobs, _without(c.text, spec.stop), c.finish_reason) for c in done]
+            return [(c.token_ids, c.logprobs, without_stop(c.text, spec.stop), c.finish_reason) for c in done]
 
         per_prompt = sample_completions(
             prompts,
@@ -361,15 +361,12 @@ class VllmEngine:
         later sync succeeds."""
         if self._receiver is None:
             raise RuntimeError(f"engine {self.engine_index}: init_weight_sync was not called")
-        sums: list[int] = []
         if self.adapters is not None:
             return self._receive_adapter(version, handle, verify)
+        sums: list[int] = []
 
         def weights() -> Iterator[tuple[str, torch.Tensor]]:
-            for index, bucket in enumerate(self._plan):
-                flat = self._receiver.receive_bucket(index, bucket.numel, bucket.dtype, handle)
-                if verify:
-                    sums.append(checksum(flat))
+            for bucket, flat in self._received(handle, sums if verify else None):
                 yield from self._layout.convert(bucket.split(flat))  # learner's names -> checkpoint names
 
         self.corrupt = True
@@ -381,6 +378,14 @@ class VllmEngine:
         self.corrupt = False
         return sums
 
+    def _received(self, handle: Any, sums: list[int] | None) -> Iterator[tuple[Bucket, torch.Tensor]]:
+        """Each bucket of the plan as it arrives, its checksum appended to ``sums`` (None: not verified)."""
+        for index, bucket in enumerate(self._plan):
+            flat = self._receiver.receive_bucket(index, bucket.numel, bucket.dtype, handle)
+            if sums is not None:
+                sums.append(checksum(flat))
+            yield bucket, flat
+
     def _receive_adapter(self, version: int, handle: Any, verify: bool) -> list[int]:
         """Receive a whole adapter and serve it in place of the last one (new id, old one dropped, prefix
         cache reset). The base weights are never touched."""
@@ -388,10 +393,7 @@ class VllmEngine:
         tensors: dict[str, torch.Tensor] = {}
         sums: list[int] = []
         self.corrupt = True
-        for index, bucket in enumerate(self._plan):
-            flat = self._receiver.receive_bucket(index, bucket.numel, bucket.dtype, handle)
-            if verify:
-                sums.append(checksum(flat))
+        for bucket, flat in self._received(handle, sums if verify else None):
             tensors.update({k: v.clone() for k, v in bucket.split(flat.cpu())})
         self.adapters.replace(tensors, self._adapter_config)
         self.llm.reset_prefix_cache()  # (a new adapter id keys new blocks anyway; the old ones are dead weight)
@@ -476,11 +478,6 @@ def _params(spec: SamplingSpec, max_tokens: int, seed: int, *, keep_stop: bool =
         seed=seed,
         include_stop_str_in_output=keep_stop,
     )
-
-
-def _without(text: str, stop: tuple[str, ...]) -> str:
-    """``text`` without a trailing user stop string (kept in the output only for the environments' own)."""
-    return next((text.removesuffix(s) for s in stop if s and text.endswith(s)), text)
 
 
 def _completion(out: Any) -> Completion:

@@ -51,19 +51,19 @@ def run_trajectories(
     for env, prompt in zip(envs, prompts):
         env.reset(prompt)
     live = list(range(len(prompts)))
+
+    def answer(i: int, turn: ModelTurn) -> EnvReply:
+        try:
+            return envs[i].step(turn)
+        except Exception as exc:  # a user's environment: re-raised with where it happened
+            where = f"row {prompts[i].prompt_id}, turn {turn.index}"
+            raise EnvironmentStepError(f"{env_name} raised at {where}: {type(exc).__name__}: {exc}") from exc
+
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(prompts)))) as pool:
         while live:
             budget = [trajectories[i].turn_budget(budgets) for i in live]
             outputs = generate([trajectories[i] for i in live], budget)
             turns = [trajectories[i].add_model_turn(*out) for i, out in zip(live, outputs, strict=True)]
-
-            def answer(i: int, turn: ModelTurn) -> EnvReply:
-                try:
-                    return envs[i].step(turn)
-                except Exception as exc:  # a user's environment: re-raised with where it happened
-                    where = f"row {prompts[i].prompt_id}, turn {turn.index}"
-                    raise EnvironmentStepError(f"{env_name} raised at {where}: {type(exc).__name__}: {exc}") from exc
-
             replies = list(pool.map(answer, live, turns))
             for i, turn, reply in zip(live, turns, replies):
                 trajectories[i].add_reply(turn, reply, renderer, budgets)
@@ -133,5 +133,11 @@ def sample_completions(
         max_workers=settings.max_env_workers,
         env_name=settings.env,
     )
-    completions = [t.completion(version=0) for t in trajectories]
+    completions = [t.completion() for t in trajectories]
     return [completions[k * n : (k + 1) * n] for k in range(len(prompts))]
+
+
+def without_stop(text: str, stop: Sequence[str]) -> str:
+    """A turn's ``text`` without a trailing user stop string: the engine keeps stop strings in a turn's output
+    for the environments' own (a tool call's closing tag), and the user's must not end up in the answer."""
+    return next((text.removesuffix(s) for s in stop if s and text.endswith(s)), text)

@@ -62,19 +62,14 @@ def serves_adapters(cfg: Config) -> bool:
 
 def multi_turn_settings(cfg: Config) -> dict[str, Any] | None:
     """The engines' ``rollout.multi_turn`` settings (None: one answer per sample)."""
+    import dataclasses
+
+    from grpo_dist.rollout.multi_turn import MultiTurnSettings
+
     mt = cfg.rollout.multi_turn
     if not mt.enabled:
         return None
-    keep = (
-        "env",
-        "env_kwargs",
-        "max_turns",
-        "max_tokens_per_turn",
-        "max_tool_response_length",
-        "tool_response_truncation",
-        "max_env_workers",
-    )
-    return {k: getattr(mt, k) for k in keep}
+    return {f.name: getattr(mt, f.name) for f in dataclasses.fields(MultiTurnSettings)}
 
 
 def chunk(items: list[Any], num_chunks: int) -> list[list[Any]]:

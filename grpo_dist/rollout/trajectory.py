@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from grpo_dist.envs.base import EnvReply, Message, ModelTurn
@@ -41,7 +41,10 @@ class TrajectoryError(ValueError):
 
 
 class Renderer(ABC):
-    """Turns messages into the tokens that follow a model turn."""
+    """Turns messages into the tokens that follow a model turn, with the model's tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
 
     @abstractmethod
     def closing(self, history: list[Message], turn: ModelTurn, *, where: str) -> list[int]:
@@ -52,24 +55,13 @@ class Renderer(ABC):
         """The tokens of ``new`` messages appended after ``history`` (which ends with the model's turn)."""
 
     def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def decode(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError
-
-
-class _Tokenizer:
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
-class PlainRenderer(_Tokenizer, Renderer):
+class PlainRenderer(Renderer):
     """Messages as their content, encoded and appended (the environment writes its own framing)."""
 
     def closing(self, history: list[Message], turn: ModelTurn, *, where: str) -> list[int]:
@@ -79,7 +71,7 @@ class PlainRenderer(_Tokenizer, Renderer):
         return [t for m in new for t in self.encode(m["content"])]
 
 
-class ChatRenderer(_Tokenizer, Renderer):
+class ChatRenderer(Renderer):
     """Messages through the tokenizer's chat template, as the suffix of the rendered conversation."""
 
     def _render(self, messages: list[Message], *, generation_prompt: bool) -> str:
@@ -163,10 +155,6 @@ class Trajectory:
         """What the engine is given for the next turn: the prompt and the whole trajectory so far."""
         return [*self.prompt.token_ids, *self.token_ids]
 
-    @property
-    def num_model_tokens(self) -> int:
-        return sum(self.loss_mask)
-
     def add_model_turn(self, token_ids: Sequence[int], logprobs: Sequence[float], text: str, finish: str) -> ModelTurn:
         assert len(token_ids) == len(logprobs), (len(token_ids), len(logprobs))
         turn = ModelTurn(len(self.turns), text, list(token_ids), finish)
@@ -218,7 +206,7 @@ class Trajectory:
         left = self.num_tokens_left(budgets)
         return left if budgets.max_turn_tokens is None else min(left, budgets.max_turn_tokens)
 
-    def completion(self, version: int) -> Completion:
+    def completion(self) -> Completion:
         """The trajectory as the learner and the reward functions take it: its text is the model's last
         turn (what answer-matching rewards should read: a tool's output must not pass for the answer)."""
         return Completion(
@@ -227,21 +215,8 @@ class Trajectory:
             finish_reason=self.finish_reason,
             text=self.turns[-1].text if self.turns else "",  # the final answer; every turn is in ``turns``
             loss_mask=list(self.loss_mask),
-            turns=[_turn_dict(t) for t in self.turns],
+            turns=[asdict(t) for t in self.turns],
         )
-
-
-def _turn_dict(t: Turn) -> dict[str, Any]:
-    return {
-        "index": t.index,
-        "text": t.text,
-        "num_tokens": t.num_tokens,
-        "finish_reason": t.finish_reason,
-        "messages": list(t.messages),
-        "reward": t.reward,
-        "tool_calls": t.tool_calls,
-        "info": dict(t.info),
-    }
 
 
 def _truncated(message: Message, renderer: Renderer, budgets: Budgets) -> Message:

@@ -95,29 +95,20 @@ def test_recipe_prompts_render_with_the_chat_template_and_fit(smollm2: Path, tmp
     assert cfg.data.max_prompt_length + cfg.data.max_response_length <= model_context_length(cfg.model)
 
 
-def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_path: Path, local_ray: None) -> None:
-    """Two GRPO steps on the real tied-embedding model through the real actors; then every engine's
-    logprobs equal the learner's (fp32) on the sampled answers, although the weights moved. Before the
-    tied-layer fix the engine kept the initial output layer and differed by about 0.09."""
-    import ray
-    import torch
-    from transformers import AutoModelForCausalLM
-
+def _two_steps(smollm2: Path, tmp_path: Path, *extra: str):  # -> Config
+    """The recipe cut to two GRPO steps of 2 prompts on the chat task, no held-out set, no KL term."""
     from grpo_dist.config import load_config
-    from grpo_dist.controller import Controller
-    from grpo_dist.metrics import read_metrics
     from grpo_dist.tasks.arithmetic import NAMED_TASKS, write_splits
 
     named = NAMED_TASKS["chat-addition-1d"]
     train, _ = write_splits(tmp_path / "data", num_train=named.num_train, num_eval=0, seed=0, task=named.task)
-    run_dir = tmp_path / "run"
-    cfg = load_config(
+    return load_config(
         RECIPE,
         [
             f"model.path={smollm2}",
             f"data.train_files=[{train}]",
             "data.eval_files=[]",  # no held-out set: the run evaluates nothing
-            f"trainer.output_dir={run_dir}",
+            f"trainer.output_dir={tmp_path / 'run'}",
             "trainer.total_steps=2",
             "trainer.eval_every=0",
             "data.train_batch_size=2",
@@ -125,11 +116,37 @@ def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_pa
             "learner.micro_batch_size=4",
             "data.max_response_length=16",
             "algo.kl_coef=0",
-            "learner.lr=1e-4",  # the weights must move visibly in two steps
-            "rollout.num_engines=2",
             "logging.progress=off",
+            *extra,
         ],
     )
+
+
+def _transformers_logprobs(model_path: Path, seqs: list[list[int]]) -> list[list[float]]:
+    """Per-token logprobs of ``seqs`` under the model at ``model_path``, in transformers (fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for s in seqs:
+            ids = torch.tensor(s)[None]
+            out.append(torch.log_softmax(model(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0].tolist())
+    return out
+
+
+def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_path: Path, local_ray: None) -> None:
+    """Two GRPO steps on the real tied-embedding model through the real actors; then every engine's
+    logprobs equal the learner's (fp32) on the sampled answers, although the weights moved. Before the
+    tied-layer fix the engine kept the initial output layer and differed by about 0.09."""
+    import ray
+
+    from grpo_dist.controller import Controller
+    from grpo_dist.metrics import read_metrics
+
+    run_dir = tmp_path / "run"
+    cfg = _two_steps(smollm2, tmp_path, "learner.lr=1e-4", "rollout.num_engines=2")  # the weights must move
     with Controller(cfg) as controller:
         controller.start()
         controller.run()
@@ -143,11 +160,8 @@ def test_engine_computes_the_learners_policy_after_updates(smollm2: Path, tmp_pa
             engine = ray.get(actor.sequence_token_logprobs.remote(seqs), timeout=120)
             diff = max(abs(a - b) for s1, s2 in zip(learner, engine) for a, b in zip(s1, s2))
             assert diff < 1e-4, diff
-    initial = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
-    with torch.no_grad():
-        ids = torch.tensor(seqs[0])[None]
-        lp = torch.log_softmax(initial(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
-    assert max(abs(a - b) for a, b in zip(lp.tolist(), learner[0])) > 1e-3  # and the policy did move
+    (initial,) = _transformers_logprobs(smollm2, seqs[:1])
+    assert max(abs(a - b) for a, b in zip(initial, learner[0])) > 1e-3  # and the policy did move
 
 
 def test_lora_adapter_engine_computes_the_learners_policy_and_the_merged_model(
@@ -158,38 +172,19 @@ def test_lora_adapter_engine_computes_the_learners_policy_and_the_merged_model(
     behavioural check of every sync); and a second engine started on the run's merged export computes the
     same logprobs as the adapter engine (< 1e-4), which in turn differ from the base model's."""
     import ray
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    from grpo_dist.config import load_config
     from grpo_dist.controller import Controller
     from grpo_dist.metrics import read_metrics
     from grpo_dist.rollout.engine import create_engine_actor, engine_env
-    from grpo_dist.tasks.arithmetic import NAMED_TASKS, write_splits
 
-    named = NAMED_TASKS["chat-addition-1d"]
-    train, _ = write_splits(tmp_path / "data", num_train=named.num_train, num_eval=0, seed=0, task=named.task)
     run_dir = tmp_path / "run"
-    cfg = load_config(
-        RECIPE,
-        [
-            f"model.path={smollm2}",
-            f"data.train_files=[{train}]",
-            "data.eval_files=[]",
-            f"trainer.output_dir={run_dir}",
-            "trainer.total_steps=2",
-            "trainer.eval_every=0",
-            "data.train_batch_size=2",
-            "learner.mini_batch_size=2",
-            "learner.micro_batch_size=4",
-            "data.max_response_length=16",
-            "algo.kl_coef=0",
-            "model.lora.rank=8",
-            "learner.lr=2e-3",  # LoRA's learning rate; the adapters must move the policy in two steps
-            "sync.probe_every=1",
-            "sync.probe_tolerance=1e-4",
-            "logging.progress=off",
-        ],
+    cfg = _two_steps(
+        smollm2,
+        tmp_path,
+        "model.lora.rank=8",
+        "learner.lr=2e-3",  # LoRA's learning rate; the adapters must move the policy in two steps
+        "sync.probe_every=1",
+        "sync.probe_tolerance=1e-4",
     )
     with Controller(cfg) as controller:
         controller.start()
@@ -214,14 +209,7 @@ def test_lora_adapter_engine_computes_the_learners_policy_and_the_merged_model(
         from_merged = ray.get(merged.sequence_token_logprobs.remote(seqs), timeout=300)
     finally:
         ray.kill(merged, no_restart=True)
-    base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
-    with torch.no_grad():
-        from_base = []
-        for s in seqs:
-            ids = torch.tensor(s)[None]
-            from_base.append(
-                torch.log_softmax(base(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
-            )
+    from_base = _transformers_logprobs(smollm2, seqs)
 
     def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
         return max(abs(x - y) for r1, r2 in zip(a, b) for x, y in zip(r1, r2))

@@ -69,7 +69,7 @@ def test_scripted_policy_against_the_calculator_is_token_exact(tok: Any) -> None
     assert sum(traj.loss_mask) == len(call) + len(answer)  # the sampled tokens, and only they
     assert traj.logprobs == [-0.25] * len(call) + [0.0] * len(env_ids) + [-0.25] * len(answer)
     assert [t.tool_calls for t in traj.turns] == [1, 0] and traj.done and traj.finish_reason == "stop"
-    completion = traj.completion(version=0)
+    completion = traj.completion()
     assert completion.text == "1776" and completion.mask() == traj.loss_mask
     assert completion.turns[0]["messages"] == [{"role": "tool", "content": "<result>1776</result>"}]
 
@@ -98,7 +98,7 @@ def test_environment_tokens_change_neither_loss_nor_gradient(tok: Any) -> None:
     trajs = run_trajectories(
         [prompt, prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
     )
-    completions = [t.completion(version=0) for t in trajs]
+    completions = [t.completion() for t in trajs]
 
     def loss_and_grad(tool_logprob: float) -> tuple[torch.Tensor, torch.Tensor]:
         changed = [
