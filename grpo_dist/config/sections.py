@@ -126,10 +126,10 @@ class MultiTurnConfig(Section):
     """Most tokens of one environment message; longer ones are cut on ``tool_response_truncation``."""
     tool_response_truncation: Literal["left", "right"] = "right"
     """Which end of a long environment message is cut: ``right`` keeps its start, ``left`` its end."""
-    template_check: Literal["strict"] = "strict"
+    template_check: Literal["strict", "fork"] = "strict"
     """The prefix invariant of chat-template rendering, checked every turn: ``strict`` stops the rollout
-    naming the row and turn when adding messages rewrites earlier ones. (``fork``, a new sequence at each
-    rewrite, for templates that drop earlier reasoning, is not built yet.)"""
+    naming the row and turn when adding messages rewrites earlier ones. ``fork`` (a new sequence at each
+    rewrite, for templates that drop earlier reasoning) is refused: not implemented yet."""
     max_env_workers: int = Field(8, ge=1)
     """Threads per engine that run environment steps (tool calls), so that one slow call does not hold up
     the other samples' turns."""
@@ -138,6 +138,11 @@ class MultiTurnConfig(Section):
     def _check_env(self) -> MultiTurnConfig:
         if self.env is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.env):
             raise ValueError(f"env = {self.env!r}: expected 'package.module:Class'")
+        if self.template_check == "fork":
+            raise ValueError(
+                "template_check = 'fork' (a new sequence where a chat template rewrites history) is not implemented "
+                "yet; use 'strict'"
+            )
         if self.env is None:
             unused = self.changed_fields()
             if unused:

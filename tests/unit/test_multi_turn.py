@@ -282,3 +282,47 @@ def test_a_turn_cut_by_its_own_cap_is_still_answered(tok: Any) -> None:
     )
     assert [(t.num_tokens, t.finish_reason) for t in traj.turns] == [(3, "length"), (3, "length")]
     assert traj.token_ids == [5, 5, 5, *_encode(tok, "go on"), 6, 6, 6]
+
+
+def test_the_config_reaches_the_trajectories(tok: Any) -> None:
+    """``rollout.multi_turn`` as a user writes it, through the settings the engines get: the environment by
+    import path with its kwargs, the turn limit, the per-turn cap and the tool response cut all act."""
+    from grpo_dist.config import apply_overrides, parse_config
+    from grpo_dist.rollout.multi_turn import MultiTurnSettings, sample_completions
+    from grpo_dist.rollout.pool import multi_turn_settings
+
+    cfg = parse_config(
+        apply_overrides(
+            {},
+            [
+                "rollout.multi_turn.env=grpo_dist.envs.tools:ToolEnv",
+                "rollout.multi_turn.env_kwargs={tools: [calculator]}",
+                "rollout.multi_turn.max_turns=2",
+                "rollout.multi_turn.max_tokens_per_turn=40",
+                "rollout.multi_turn.max_tool_response_length=3",
+                "rollout.multi_turn.tool_response_truncation=left",
+            ],
+        )
+    )
+    settings = MultiTurnSettings(**multi_turn_settings(cfg))  # type: ignore[arg-type]
+    call = _encode(tok, "<calculator>123456*7</calculator>")
+    turns = [call, call, call]
+
+    def generate(inputs: list[list[int]], budget: list[int], seeds: list[int]):
+        assert budget == [min(40, b) for b in budget]
+        return [(turns[0][:b], [-0.1] * min(b, len(turns[0])), tok.decode(turns[0][:b]), "stop") for b in budget]
+
+    ((completion,),) = sample_completions(
+        [_prompt(tok)],
+        1,
+        settings=settings,
+        tokenizer=tok,
+        max_total_tokens=256,
+        seed_of=lambda k, i, t: t,
+        generate=generate,
+    )
+    assert len(completion.turns) == 2 and completion.finish_reason == "length"  # max_turns = 2
+    reply = completion.turns[0]["messages"][0]["content"]
+    assert len(_encode(tok, reply)) == 3 and reply == tok.decode(_encode(tok, "<result>864192</result>")[-3:])
+    with pytest.raises(ValueError, match="not implemented yet"):
+        parse_config(apply_overrides({}, ["rollout.multi_turn.env=a.b:C", "rollout.multi_turn.template_check=fork"]))
