@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(EXTRA)
 DEMO_CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup clean-venv
+.PHONY: demo demo-tools test lint setup clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,13 @@ endif
 
 demo: $(STAMP)
 	$(VENV)/bin/grpo-dist demo $(DEMO_CONFIG)
+
+# The tool-calling recipe (configs/tools_calculator.yaml): its data and warm-started model, then the run.
+demo-tools: $(STAMP)
+	test -f data/multiplication/train.parquet || $(VENV)/bin/grpo-dist write-data multiplication data/multiplication
+	test -f models/tiny-calculator/config.json || \
+	  $(VENV)/bin/grpo-dist init-model --calculator data/multiplication/train.parquet models/tiny-calculator
+	$(VENV)/bin/grpo-dist demo configs/tools_calculator.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

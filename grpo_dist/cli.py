@@ -223,10 +223,37 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_init_model(args: argparse.Namespace) -> int:
     _setup_logging()
-    from grpo_dist.models.assets import ensure_embedded_model
+    if args.calculator is None:
+        if args.out_dir is not None or args.warm_start_steps is not None:
+            print(
+                "OUT_DIR and --warm-start-steps go with --calculator (the embedded default is cached)", file=sys.stderr
+            )
+            return 2
+        from grpo_dist.models.assets import ensure_embedded_model
 
-    path = ensure_embedded_model(force=args.force)
-    print(path)
+        print(ensure_embedded_model(force=args.force))
+        return 0
+    import dataclasses
+    from pathlib import Path
+
+    from grpo_dist.models.out_dir import check_out_dir
+    from grpo_dist.models.tool_warmstart import ToolWarmStartSpec, build_calculator_model
+
+    if args.out_dir is None:
+        print("--calculator needs OUT_DIR, the model directory to write", file=sys.stderr)
+        return 2
+    train, out = Path(args.calculator), Path(args.out_dir)
+    if not train.is_file():
+        print(
+            f"--calculator {train}: no such file (grpo-dist write-data multiplication DIR writes one)", file=sys.stderr
+        )
+        return 2
+    check_out_dir(out, force=args.force)
+    spec = ToolWarmStartSpec()
+    if args.warm_start_steps is not None:
+        spec = dataclasses.replace(spec, warm=dataclasses.replace(spec.warm, num_steps=args.warm_start_steps))
+    build_calculator_model(out, train, spec)
+    print(out)
     return 0
 
 
@@ -339,8 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_args(p)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("init-model", help="build the embedded default model and tokenizer into the cache")
-    p.add_argument("--force", action="store_true", help="rebuild even if it is cached")
+    p = sub.add_parser(
+        "init-model",
+        help="build the embedded default model and tokenizer into the cache (or, with --calculator, the "
+        "tool-calling recipe's model into OUT_DIR)",
+    )
+    p.add_argument(
+        "--calculator",
+        metavar="TRAIN_FILE",
+        default=None,
+        help="build the tool-calling recipe's model: the embedded architecture warm-started on calculator "
+        "demonstrations of TRAIN_FILE's problems (written by grpo-dist write-data multiplication)",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", default=None, help="with --calculator: the model directory")
+    p.add_argument(
+        "--warm-start-steps", type=int, default=None, help="with --calculator: supervised steps (default 600)"
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if it is cached (replace OUT_DIR)")
     p.set_defaults(func=_cmd_init_model)
 
     p = sub.add_parser(

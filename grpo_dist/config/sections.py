@@ -133,6 +133,14 @@ class MultiTurnConfig(Section):
     max_env_workers: int = Field(8, ge=1)
     """Threads per engine that run environment steps (tool calls), so that one slow call does not hold up
     the other samples' turns."""
+    schedule: Literal["continuous", "rounds"] = "continuous"
+    """``continuous``: a sample's next turn joins the engine's running batch as soon as its environment has
+    answered, so tool calls run while the other samples generate. ``rounds``: every live sample's turn in
+    one batch, then every environment step; slower when tools are slow, but what the engine batches
+    together (hence every float of a rollout) does not depend on how fast the tools answered."""
+    env_timeout_s: float = Field(300.0, gt=0.0)
+    """Deadline of one environment step (a tool's own timeout, such as ``ToolEnv``'s ``timeout_s``, should be
+    shorter): a step that misses it stops the rollout, naming the row and turn."""
 
     @model_validator(mode="after")
     def _check_env(self) -> MultiTurnConfig:

@@ -8,7 +8,7 @@ deterministic from the spec: building twice gives byte-identical weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from grpo_dist.embedded import EmbeddedModelSpec
@@ -60,12 +60,13 @@ def tokenizer_corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_model(out_dir: Path, spec: EmbeddedModelSpec) -> Path:
-    """Build tokenizer + random-init Llama model into ``out_dir`` (overwrites); returns ``out_dir``."""
+def build_model(out_dir: Path, spec: EmbeddedModelSpec, extra_corpus: Sequence[str] = ()) -> Path:
+    """Build tokenizer + random-init Llama model into ``out_dir`` (overwrites); returns ``out_dir``.
+    ``extra_corpus``: more tokenizer training text (a task's own words, so that they get tokens of their own)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = train_tokenizer(tokenizer_corpus(spec.seed), spec.vocab_size)
+    tokenizer = train_tokenizer([*tokenizer_corpus(spec.seed), *extra_corpus], spec.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,

@@ -26,10 +26,10 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from grpo_dist.models.out_dir import check_out_dir, write_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -145,32 +145,6 @@ def _load_and_save(path: Path, out: Path) -> None:
         logger.warning("%s has no chat template: chat-message prompts will be refused with this model", path)
 
 
-def _check_out_dir(out_dir: Path, *, force: bool) -> None:
-    if out_dir.exists() and not force:
-        raise GGUFImportError(f"{out_dir}: already exists; remove it, choose another directory or pass --force")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GGUFImportError(f"{out_dir}: exists and is not a directory")
-    # --force replaces a model directory, never some other directory given by mistake
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise GGUFImportError(f"{out_dir}: exists and is not a model directory (no config.json); not replacing it")
-
-
-def _write_atomically(out_dir: Path, build: Callable[[Path], None]) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the user's directory private
-        build(tmp)
-        if out_dir.exists():  # force: replace only once the new directory is complete
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
 def import_gguf(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Import ``source`` (a ``.gguf`` path or a shorthand) into the new directory ``out_dir``; returns it.
 
@@ -179,13 +153,13 @@ def import_gguf(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     """
     text, out = os.fspath(source), Path(out_dir).expanduser()
     if text in SHORTHANDS and not Path(text).expanduser().exists():
-        _check_out_dir(out, force=force)
+        check_out_dir(out, force=force)
         cached = ensure_shorthand(text)
-        return _write_atomically(out, lambda tmp: _copy_model(cached, tmp))
+        return write_model_dir(out, lambda tmp: _copy_model(cached, tmp))
     path = resolve_source(text)
     check_packages(path)
-    _check_out_dir(out, force=force)
-    return _write_atomically(out, lambda tmp: _load_and_save(path, tmp))
+    check_out_dir(out, force=force)
+    return write_model_dir(out, lambda tmp: _load_and_save(path, tmp))
 
 
 def _copy_model(src: Path, dst: Path) -> None:

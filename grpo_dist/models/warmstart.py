@@ -38,33 +38,50 @@ def noisy_answer(ground_truth: str, rng: random.Random, wrong_fraction: float) -
     return str(int(ground_truth) + 1) if rng.random() < wrong_fraction else ground_truth
 
 
-def _examples(tokenizer, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``[N, L]`` ids of ``<bos> prompt answer <eos>`` and a mask of the answer + eos."""
-    rows, masks = [], []
+Example = tuple[list[int], list[int]]
+"""A demonstration: token ids from ``<bos>`` on, and a loss mask (1 on the tokens the model must learn)."""
+
+
+def answer_examples(tokenizer, prompts: list[str], answers: list[str]) -> list[Example]:
+    """``<bos> prompt answer <eos>``, with the answer and eos in the loss."""
+    out = []
     for prompt, answer in zip(prompts, answers, strict=True):
         p = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False).input_ids]
         a = [*tokenizer(answer, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
-        rows.append(p + a)
-        masks.append([0] * len(p) + [1] * len(a))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, (r, m) in enumerate(zip(rows, masks, strict=True)):
-        ids[i, : len(r)] = torch.tensor(r)
+        out.append((p + a, [0] * len(p) + [1] * len(a)))
+    return out
+
+
+def _padded(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[N, L]`` ids and float loss masks."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.float32)
+    for i, (row, m) in enumerate(examples):
+        ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
     return ids, mask
 
 
 def warm_start(model_dir: Path, out_dir: Path, rows: list[dict], spec: WarmStartSpec) -> dict[str, float]:
     """Fine-tune the model in ``model_dir`` on noisy demonstrations of ``rows``; save to ``out_dir``."""
+    from transformers import AutoTokenizer
+
+    rng = random.Random(spec.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    answers = [noisy_answer(r["ground_truth"], rng, spec.wrong_fraction) for r in rows]
+    return fit(model_dir, out_dir, answer_examples(tokenizer, [r["prompt"] for r in rows], answers), spec)
+
+
+def fit(model_dir: Path, out_dir: Path, examples: list[Example], spec: WarmStartSpec) -> dict[str, float]:
+    """Supervised fine-tuning of the model in ``model_dir`` on ``examples`` (masked next-token loss, AdamW
+    with warmup and linear decay); the model and tokenizer are saved to ``out_dir``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(spec.seed)
-    rng = random.Random(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    answers = [noisy_answer(r["ground_truth"], rng, spec.wrong_fraction) for r in rows]
-    ids, mask = _examples(tokenizer, [r["prompt"] for r in rows], answers)
+    ids, mask = _padded(examples, tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * (1 - s / spec.num_steps))
     generator = torch.Generator().manual_seed(spec.seed)

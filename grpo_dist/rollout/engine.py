@@ -23,7 +23,8 @@ import torch
 from grpo_dist.learner.lora import vllm_max_lora_rank
 from grpo_dist.models.layout import CheckpointLayout
 from grpo_dist.models.reload_fixes import rederive_after_reload
-from grpo_dist.rollout.multi_turn import MultiTurnSettings
+from grpo_dist.rollout.engine_turns import turn_sampler
+from grpo_dist.rollout.multi_turn import MultiTurnSettings, sample_completions, without_stop
 from grpo_dist.rollout.partial import SegmentRequest, Segments, extend_completion
 from grpo_dist.rollout.seeds import occurrence_stream, sample_seed, segment_stream
 from grpo_dist.sync.plan import Bucket, checksum
@@ -133,6 +134,7 @@ class VllmEngine:
 
         self.multi_turn = MultiTurnSettings(**multi_turn) if multi_turn else None
         self._turn_stop = self.multi_turn.make_env().stop if self.multi_turn else ()  # (imports it before vLLM loads)
+        self.rollout_stats: Any = None  # the last multi-turn rollout's RolloutStats
         self.engine_index = engine_index
         self.device = torch.device("cuda" if device == "cuda" else "cpu")
         self.tensor_parallel_size = tensor_parallel_size
@@ -219,8 +221,6 @@ class VllmEngine:
         answers, continued from its own token ids every turn; turn t of a sample has its own seed stream."""
         from vllm.inputs import TokensPrompt
 
-        from grpo_dist.rollout.multi_turn import sample_completions, without_stop
-
         assert self.multi_turn is not None
         turn_spec = replace(spec, stop=(*spec.stop, *self._turn_stop))
 
@@ -228,21 +228,21 @@ class VllmEngine:
             key = segment_stream(occurrence_stream(stream, occurrences[k]), turn)
             return sample_seed(run_seed, key, step, prompts[k].prompt_id, i)
 
-        def generate(inputs: list[list[int]], budget: list[int], seeds: list[int]):
-            params = [_params(turn_spec, m, s, keep_stop=True) for m, s in zip(budget, seeds)]
-            requests = [TokensPrompt(prompt_token_ids=ids) for ids in inputs]
-            outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._lora_request())
-            done = [_completion(o.outputs[0]) for o in outputs]
-            return [(c.token_ids, c.logprobs, without_stop(c.text, spec.stop), c.finish_reason) for c in done]
+        def make_request(ids: list[int], max_tokens: int, seed: int) -> tuple[Any, Any]:
+            return TokensPrompt(prompt_token_ids=ids), _params(turn_spec, max_tokens, seed, keep_stop=True)
 
-        per_prompt = sample_completions(
+        def read_output(out: Any) -> tuple[list[int], list[float], str, str]:
+            c = _completion(out)
+            return c.token_ids, c.logprobs, without_stop(c.text, spec.stop), c.finish_reason
+
+        per_prompt, self.rollout_stats = sample_completions(
             prompts,
             spec.n,
             settings=self.multi_turn,
             tokenizer=self.llm.get_tokenizer(),
             max_total_tokens=spec.max_tokens,
             seed_of=seed_of,
-            generate=generate,
+            sampler=turn_sampler(self.multi_turn.schedule, self.llm, make_request, read_output, self._lora_request()),
         )
         return [
             RolloutGroup(p, completions, self.version, self.engine_index, batch_indices[k])

@@ -1,4 +1,4 @@
-"""Multi-digit addition: a verifiable task with an exact answer.
+"""Multi-digit arithmetic: verifiable tasks with an exact answer.
 
 Rows follow the dataset schema users give grpo-dist (``prompt``, ``ground_truth``, ``data_source``,
 ``extra_info``), so the embedded default exercises the same path as a user's parquet file.
@@ -7,6 +7,8 @@ Rows follow the dataset schema users give grpo-dist (``prompt``, ``ground_truth`
   the sum's digits. The embedded default's task.
 - ``ChatAdditionTask``: the same problems asked as one user chat message (``"What is 3 plus 5? Reply with
   the sum."``), for instruct models: the prompt is rendered with the model's chat template at load time.
+- ``MultiplicationTask``: ``"37*48="``, products too long for a small model to work out in one step: the
+  tool-calling recipe's task (the model learns to ask the calculator).
 
 ``NAMED_TASKS`` are the splits ``grpo-dist write-data NAME OUT_DIR`` writes.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 DATA_SOURCE = "arithmetic/add"
+MUL_DATA_SOURCE = "arithmetic/mul"
 CHAT_DATA_SOURCE = "arithmetic/add_chat"
 CHAT_QUESTION = "What is {a} plus {b}? Reply with the sum."
 
@@ -29,6 +32,8 @@ class AdditionTask:
 
     min_digits: int = 1
     max_digits: int = 3
+    op = "+"
+    """The operator, in the prompt and in ``extra_info``."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits:
@@ -42,7 +47,10 @@ class AdditionTask:
         return rng.randint(low, 10**digits - 1)
 
     def prompt(self, a: int, b: int) -> str | list[dict[str, str]]:
-        return f"{a}+{b}="
+        return f"{a}{self.op}{b}="
+
+    def answer(self, a: int, b: int) -> int:
+        return a + b
 
     def data_source(self) -> str:
         return DATA_SOURCE
@@ -51,9 +59,9 @@ class AdditionTask:
         a, b = self._operand(rng), self._operand(rng)
         return {
             "prompt": self.prompt(a, b),
-            "ground_truth": str(a + b),
+            "ground_truth": str(self.answer(a, b)),
             "data_source": self.data_source(),
-            "extra_info": {"a": a, "b": b, "op": "+"},
+            "extra_info": {"a": a, "b": b, "op": self.op},
         }
 
     def rows(self, num_rows: int, seed: int, *, exclude: set[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
@@ -100,6 +108,21 @@ class ChatAdditionTask(AdditionTask):
         return CHAT_DATA_SOURCE
 
 
+@dataclass(frozen=True)
+class MultiplicationTask(AdditionTask):
+    """Problems ``a*b=`` (the rows of ``AdditionTask`` with a product). Two 2-digit operands give 4-digit
+    products that the embedded model cannot learn to compute in one step; with the calculator of
+    ``grpo_dist.envs.tools:ToolEnv`` it only has to copy."""
+
+    op = "*"
+
+    def answer(self, a: int, b: int) -> int:
+        return a * b
+
+    def data_source(self) -> str:
+        return MUL_DATA_SOURCE
+
+
 def _operands(row: dict[str, Any]) -> tuple[int, int]:
     return row["extra_info"]["a"], row["extra_info"]["b"]
 
@@ -119,6 +142,9 @@ NAMED_TASKS: dict[str, NamedTask] = {
     # 100 distinct problems in all: 80 to train on, 20 held out
     "chat-addition-1d": NamedTask(
         ChatAdditionTask(1, 1), 80, 20, "single-digit sums as a chat question, for instruct models"
+    ),
+    "multiplication": NamedTask(
+        MultiplicationTask(2, 2), 4000, 256, "'a*b=' with 2 digits each, the tool-calling recipe's task"
     ),
 }
 

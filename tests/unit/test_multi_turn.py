@@ -16,7 +16,7 @@ from grpo_dist.envs import Environment, EnvReply, ModelTurn, load_environment
 from grpo_dist.envs.tools import ToolEnv, calculate, parse_calls
 from grpo_dist.learner.batch import collate
 from grpo_dist.models.builder import tokenizer_corpus, train_tokenizer
-from grpo_dist.rollout.multi_turn import EnvironmentStepError, run_trajectories
+from grpo_dist.rollout.multi_turn import BatchedSampler, EnvironmentStepError, run_trajectories
 from grpo_dist.rollout.trajectory import Budgets, ChatRenderer, PlainRenderer, Trajectory, TrajectoryError
 from grpo_dist.types import Prompt, RolloutGroup, ScoredGroup
 
@@ -40,7 +40,7 @@ class Script:
         self.tok, self.turns, self.finish = tok, turns, finish
         self.received: list[list[list[int]]] = []
 
-    def __call__(self, trajectories: list[Trajectory], budget: list[int]):
+    def __call__(self, trajectories: list[Trajectory], budget: list[int], seeds: list[int]):
         self.received.append([t.input_ids for t in trajectories])
         out = []
         for t, room in zip(trajectories, budget):
@@ -51,6 +51,11 @@ class Script:
         return out
 
 
+def rollout(prompts: list[Prompt], *, generate: Script, **kwargs: Any) -> list[Trajectory]:
+    """``run_trajectories`` with a scripted policy, batched (each call of ``generate`` one engine call)."""
+    return run_trajectories(prompts, sampler=BatchedSampler(generate), **kwargs).trajectories
+
+
 def _prompt(tok: Any, text: str = "37*48=") -> Prompt:
     return Prompt(prompt_id=7, token_ids=[tok.bos_token_id, *_encode(tok, text)], text=text, ground_truth="1776")
 
@@ -59,9 +64,7 @@ def test_scripted_policy_against_the_calculator_is_token_exact(tok: Any) -> None
     call, answer = _encode(tok, "<calculator>37*48</calculator>"), _encode(tok, "1776")
     script = Script(tok, [call, answer])
     prompt = _prompt(tok)
-    (traj,) = run_trajectories(
-        [prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
-    )
+    (traj,) = rollout([prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS)
     env_ids = _encode(tok, "<result>1776</result>")
     assert traj.token_ids == call + env_ids + answer
     assert script.received == [[prompt.token_ids], [prompt.token_ids + call + env_ids]]  # the trajectory's prefix
@@ -84,9 +87,7 @@ def test_the_models_tokens_stay_verbatim_where_re_encoding_would_change_them() -
     split = canonical[:k] + _encode(tok, piece[0]) + _encode(tok, piece[1:]) + canonical[k + 1 :]
     assert tok.decode(split) == tok.decode(canonical) and _encode(tok, tok.decode(split)) != split
     script = Script(tok, [split, _encode(tok, "1776")])
-    (traj,) = run_trajectories(
-        [_prompt(tok)], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
-    )
+    (traj,) = rollout([_prompt(tok)], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS)
     assert traj.token_ids[: len(split)] == split
     assert script.received[1][0][len(_prompt(tok).token_ids) :][: len(split)] == split
 
@@ -95,9 +96,7 @@ def test_environment_tokens_change_neither_loss_nor_gradient(tok: Any) -> None:
     """The tool's tokens carry mask 0: whatever logprobs they hold, the loss and its gradient are the same."""
     script = Script(tok, [_encode(tok, "<calculator>2+2</calculator>"), _encode(tok, "4")])
     prompt = _prompt(tok, "2+2=")
-    trajs = run_trajectories(
-        [prompt, prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
-    )
+    trajs = rollout([prompt, prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS)
     completions = [t.completion() for t in trajs]
 
     def loss_and_grad(tool_logprob: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,11 +127,11 @@ def test_environment_tokens_change_neither_loss_nor_gradient(tok: Any) -> None:
 def test_budgets_end_trajectories(tok: Any) -> None:
     call = _encode(tok, "<calculator>1+1</calculator>")
     looping = Script(tok, [call] * 10)
-    (traj,) = run_trajectories(
+    (traj,) = rollout(
         [_prompt(tok)], generate=looping, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=Budgets(3, 512)
     )
     assert len(traj.turns) == 3 and traj.finish_reason == "length"
-    (short,) = run_trajectories(
+    (short,) = rollout(
         [_prompt(tok)],
         generate=Script(tok, [call] * 10),
         make_env=ToolEnv,
@@ -152,7 +151,7 @@ def test_tool_responses_are_cut_to_their_budget_on_the_chosen_side(tok: Any, sid
             return EnvReply(messages=[{"role": "tool", "content": "0123456789" * 3}], done=turn.index > 0)
 
     budgets = Budgets(4, 256, max_tool_response_tokens=5, truncation_side=side)  # type: ignore[arg-type]
-    (traj,) = run_trajectories(
+    (traj,) = rollout(
         [_prompt(tok)], generate=Script(tok, [[5], [6]]), make_env=Echo, renderer=PlainRenderer(tok), budgets=budgets
     )
     content = traj.turns[0].messages[0]["content"]
@@ -184,9 +183,7 @@ def test_chat_messages_are_the_rendered_suffix_after_the_models_own_tokens(tok: 
     prompt = Prompt(prompt_id=3, token_ids=_encode(chat, text), text=text, messages=messages)
     call = [*_encode(chat, "<calculator>37*48</calculator>"), chat.eos_token_id]  # the model ends its turn
     script = Script(chat, [call, [*_encode(chat, "1776"), chat.eos_token_id]])
-    (traj,) = run_trajectories(
-        [prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS
-    )
+    (traj,) = rollout([prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS)
     env_ids = traj.token_ids[len(call) : traj.loss_mask.index(1, len(call))]
     assert chat.decode(env_ids) == "\n<|tool|><result>1776</result></s>\n<|assistant|>"  # closing + message + cue
     assert traj.token_ids[: len(call)] == call
@@ -200,7 +197,7 @@ def test_a_template_that_rewrites_history_is_refused_naming_row_and_turn(tok: An
         chat, [_encode(chat, "<calculator>1+1</calculator>"), _encode(chat, "<calculator>2+2</calculator>")]
     )
     with pytest.raises(TrajectoryError, match=r"row 11, turn 0: the chat template rewrites earlier turns"):
-        run_trajectories([prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS)
+        rollout([prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS)
 
 
 def test_a_raising_environment_stops_the_rollout_naming_row_and_turn(tok: Any) -> None:
@@ -212,7 +209,7 @@ def test_a_raising_environment_stops_the_rollout_naming_row_and_turn(tok: Any) -
             raise KeyError("no such tool")
 
     with pytest.raises(EnvironmentStepError, match=r"row 7, turn 0: KeyError"):
-        run_trajectories(
+        rollout(
             [_prompt(tok)], generate=Script(tok, [[5]]), make_env=Broken, renderer=PlainRenderer(tok), budgets=BUDGETS
         )
 
@@ -273,7 +270,7 @@ def test_a_turn_cut_by_its_own_cap_is_still_answered(tok: Any) -> None:
             return EnvReply(messages=[{"role": "user", "content": "go on"}], done=turn.index >= 1)
 
     script = Script(tok, [[5] * 10, [6] * 10])
-    (traj,) = run_trajectories(
+    (traj,) = rollout(
         [_prompt(tok)],
         generate=script,
         make_env=Nudge,
@@ -308,18 +305,18 @@ def test_the_config_reaches_the_trajectories(tok: Any) -> None:
     call = _encode(tok, "<calculator>123456*7</calculator>")
     turns = [call, call, call]
 
-    def generate(inputs: list[list[int]], budget: list[int], seeds: list[int]):
+    def generate(trajectories: list[Trajectory], budget: list[int], seeds: list[int]):
         assert budget == [min(40, b) for b in budget]
         return [(turns[0][:b], [-0.1] * min(b, len(turns[0])), tok.decode(turns[0][:b]), "stop") for b in budget]
 
-    ((completion,),) = sample_completions(
+    ((completion,),), _ = sample_completions(
         [_prompt(tok)],
         1,
         settings=settings,
         tokenizer=tok,
         max_total_tokens=256,
         seed_of=lambda k, i, t: t,
-        generate=generate,
+        sampler=BatchedSampler(generate),
     )
     assert len(completion.turns) == 2 and completion.finish_reason == "length"  # max_turns = 2
     reply = completion.turns[0]["messages"][0]["content"]
