@@ -8,7 +8,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_two_turn_rollout_logprobs_match_the_learners(local_ray: None, tiny_assets: dict[str, str]) -> None:
+@pytest.mark.parametrize("schedule", ["continuous", "rounds"])
+def test_two_turn_rollout_logprobs_match_the_learners(
+    local_ray: None, tiny_assets: dict[str, str], schedule: str
+) -> None:
+    """Under both schedules: ``continuous`` drives the engine request by request (``LLMEngine.add_request`` /
+    ``step``), ``rounds`` with one ``LLM.generate`` per round."""
     import ray
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -18,7 +23,12 @@ def test_two_turn_rollout_logprobs_match_the_learners(local_ray: None, tiny_asse
     from grpo_dist.types import Prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
-    settings = {"env": "tests.integration.envs:TwoTurns", "max_turns": 4, "max_tokens_per_turn": 10}
+    settings = {
+        "env": "tests.integration.envs:TwoTurns",
+        "max_turns": 4,
+        "max_tokens_per_turn": 10,
+        "schedule": schedule,
+    }
     engine = create_engine_actor(
         options={"num_cpus": 1},
         env=engine_env(device="cpu", cpu_ids=None),
@@ -38,6 +48,7 @@ def test_two_turn_rollout_logprobs_match_the_learners(local_ray: None, tiny_asse
     spec = SamplingSpec(n=2, max_tokens=24, temperature=1.0)
     try:
         groups = ray.get(engine.generate.remote(prompts, spec, run_seed=0, stream="train", step=1), timeout=300)
+        again = ray.get(engine.generate.remote(prompts, spec, run_seed=0, stream="train", step=1), timeout=300)
     finally:
         ray.kill(engine, no_restart=True)
     reply = tok(" 12+30=", add_special_tokens=False).input_ids
@@ -59,6 +70,8 @@ def test_two_turn_rollout_logprobs_match_the_learners(local_ray: None, tiny_asse
             diffs = [abs(a - b) for a, b, m in zip(c.logprobs, learner, mask) if m]
             worst = max(worst, *diffs)
     assert worst < 1e-4, worst
+    # the same seeds sample the same trajectories (no request of the first rollout is left in the engine)
+    assert [c.token_ids for g in again for c in g.completions] == [c.token_ids for g in groups for c in g.completions]
 
 
 def test_training_steps_with_an_environment_from_the_config(

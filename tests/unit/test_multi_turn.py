@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+import threading
+import time
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -323,3 +325,78 @@ def test_the_config_reaches_the_trajectories(tok: Any) -> None:
     assert len(_encode(tok, reply)) == 3 and reply == tok.decode(_encode(tok, "<result>864192</result>")[-3:])
     with pytest.raises(ValueError, match="not implemented yet"):
         parse_config(apply_overrides({}, ["rollout.multi_turn.env=a.b:C", "rollout.multi_turn.template_check=fork"]))
+
+
+class Gate(Environment):
+    """Sample 0's first tool call waits (up to ``wait_s``) for another sample's second turn to be generated;
+    everyone else answers at once. Records whether the gate opened."""
+
+    opened = threading.Event()
+    saw_open: ClassVar[list[bool]] = []
+    wait_s = 5.0
+
+    def reset(self, prompt: Prompt) -> None:
+        self.first = prompt.prompt_id == 0
+
+    def step(self, turn: ModelTurn) -> EnvReply:
+        if turn.index == 0:
+            if self.first:
+                Gate.saw_open.append(Gate.opened.wait(Gate.wait_s))
+            return EnvReply(messages=[{"role": "tool", "content": "ok"}], tool_calls=1)
+        return EnvReply(done=True)
+
+
+@pytest.mark.parametrize("schedule", ["continuous", "rounds"])
+def test_tool_calls_run_while_other_samples_generate_under_the_continuous_schedule(tok: Any, schedule: str) -> None:
+    Gate.opened.clear()
+    Gate.saw_open.clear()
+    Gate.wait_s = 5.0 if schedule == "continuous" else 0.3
+
+    def generate(trajectories: list[Trajectory], budget: list[int], seeds: list[int]):
+        if any(t.prompt.prompt_id == 1 and len(t.turns) == 1 for t in trajectories):
+            Gate.opened.set()  # sample 1's second turn is being generated
+        return [([5], [-0.1], "x", "stop") for _ in trajectories]
+
+    prompts = [dataclasses.replace(_prompt(tok), prompt_id=k) for k in range(2)]
+    result = run_trajectories(
+        prompts,
+        sampler=BatchedSampler(generate),
+        make_env=Gate,
+        renderer=PlainRenderer(tok),
+        budgets=BUDGETS,
+        schedule=schedule,  # type: ignore[arg-type]
+    )
+    assert [len(t.turns) for t in result.trajectories] == [2, 2]
+    # continuous: sample 1 went on while sample 0's tool ran; rounds: the round waited for the tool first
+    assert Gate.saw_open == [schedule == "continuous"]
+    stats = result.stats
+    assert stats.num_turns == 4 and stats.num_replies == 4 and stats.num_trajectories == 2
+    assert stats.env_s >= (0.0 if schedule == "continuous" else 0.3) and 0.0 <= stats.env_wait_s <= stats.wall_s
+
+
+def test_an_environment_that_misses_its_deadline_stops_the_rollout(tok: Any) -> None:
+    class Slow(Environment):
+        def reset(self, prompt: Prompt) -> None:
+            pass
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            time.sleep(3.0)
+            return EnvReply(done=True)
+
+    aborted: list[bool] = []
+
+    class Recording(BatchedSampler):
+        def abort(self) -> None:
+            aborted.append(True)
+
+    began = time.perf_counter()
+    with pytest.raises(EnvironmentStepError, match=r"did not answer within .*env_timeout_s = 0.2 s at row 7, turn 0"):
+        run_trajectories(
+            [_prompt(tok)],
+            sampler=Recording(Script(tok, [[5]])),
+            make_env=Slow,
+            renderer=PlainRenderer(tok),
+            budgets=BUDGETS,
+            env_timeout_s=0.2,
+        )
+    assert time.perf_counter() - began < 2.0 and aborted == [True]  # not held up by the hung step
