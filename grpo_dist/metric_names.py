@@ -50,6 +50,8 @@ ROLLOUT_NUM_TURNS_MEAN = "rollout/num_turns_mean"
 """Model turns per trajectory (multi-turn rollouts only)."""
 ROLLOUT_TOOL_CALLS_MEAN = "rollout/tool_calls_mean"
 """Tool calls per trajectory (multi-turn rollouts only)."""
+ROLLOUT_ENV_S_MEAN = "rollout/env_step_s_mean"
+"""Seconds of one environment step (its tool calls), mean over the step's model turns (multi-turn only)."""
 RESPONSE_CLIP = "response_length/clip_frac"
 
 TOKENS_PER_S = "throughput/tokens_per_s"

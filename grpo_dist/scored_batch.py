@@ -102,6 +102,8 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
         out[metric_names.ROLLOUT_NUM_TURNS_MEAN] = sum(len(c.turns) for c in completions) / len(completions)
         calls = [sum(int(t.get("tool_calls", 0)) for t in c.turns) for c in completions]
         out[metric_names.ROLLOUT_TOOL_CALLS_MEAN] = sum(calls) / len(completions)
+        env_s = [float(t.get("env_s", 0.0)) for c in completions for t in c.turns]
+        out[metric_names.ROLLOUT_ENV_S_MEAN] = sum(env_s) / len(env_s) if env_s else 0.0
     for name in groups[0].components:
         values = [v for g in groups for v, k in zip(g.components[name], g.valid) if k and math.isfinite(v)]
         out[f"{metric_names.REWARD_PREFIX}{name}"] = sum(values) / len(values) if values else math.nan

@@ -30,6 +30,7 @@ from grpo_dist.bench.records import (
 )
 from grpo_dist.bench.rollout import bench_rollout
 from grpo_dist.bench.sync import bench_sync
+from grpo_dist.bench.tools import bench_tools
 from grpo_dist.bench.vs_trl import bench_trl
 from grpo_dist.bench.vs_trl_real import bench_trl_real
 
@@ -46,6 +47,7 @@ RUNNERS: dict[str, Callable[[Settings], tuple[dict[str, Any], list[dict[str, Any
     "packing": bench_packing,
     "trl-real": bench_trl_real,
     "lora": bench_lora,
+    "tools": bench_tools,
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from grpo_dist.embedded import cache_root
 
 SCHEMA = "grpo-dist-bench/1"
-BENCHMARKS = ("rollout", "learner", "sync", "e2e", "async", "trl", "packing", "trl-real", "lora")
+BENCHMARKS = ("rollout", "learner", "sync", "e2e", "async", "trl", "packing", "trl-real", "lora", "tools")
 TARGETS = (*BENCHMARKS, "all")
 TABLE_START = "<!-- bench-table:start -->"
 TABLE_END = "<!-- bench-table:end -->"

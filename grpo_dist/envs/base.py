@@ -59,8 +59,12 @@ class Environment(ABC):
     engine stops there and keeps the string in the turn's text and tokens."""
 
     @abstractmethod
-    def reset(self, prompt: Prompt) -> None:
-        """Start a trajectory from its dataset row (``prompt.ground_truth``, ``prompt.extra_info``...)."""
+    def reset(self, prompt: Prompt, seed: int) -> None:
+        """Start a trajectory from its dataset row (``prompt.ground_truth``, ``prompt.extra_info``...).
+
+        ``seed`` is the sample's own (from the run seed, the step, the row and the sample index, like the
+        engine's sampling seeds): a stochastic environment that draws from ``random.Random(seed)`` answers
+        the same on a retried or resumed rollout, and differently for each sample of a group."""
 
     @abstractmethod
     def step(self, turn: ModelTurn) -> EnvReply:

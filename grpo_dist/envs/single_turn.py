@@ -7,7 +7,7 @@ from grpo_dist.types import Prompt
 
 
 class SingleTurn(Environment):
-    def reset(self, prompt: Prompt) -> None:
+    def reset(self, prompt: Prompt, seed: int) -> None:
         pass
 
     def step(self, turn: ModelTurn) -> EnvReply:

@@ -146,7 +146,7 @@ class ToolEnv(Environment):
         # after its calls, as the template's format has it (a stop at </tool_call> would never train that)
         self.stop = tuple(f"</{t}>" for t in self.tools) if call_format == "tags" else ()
 
-    def reset(self, prompt: Prompt) -> None:
+    def reset(self, prompt: Prompt, seed: int) -> None:
         self.num_errors = 0
 
     def call(self, tool: str, argument: str) -> str:

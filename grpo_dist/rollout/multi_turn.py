@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from grpo_dist.envs.base import Environment, EnvReply, ModelTurn, load_environment
+from grpo_dist.rollout.seeds import derived_seed
 from grpo_dist.rollout.trajectory import (
     Budgets,
     ChatRenderer,
@@ -90,6 +91,7 @@ class RolloutStats:
     num_turns: int = 0
     num_replies: int = 0
     """Environment steps that answered (a final turn's step that only says done counts too)."""
+    num_tool_calls: int = 0
     wall_s: float = 0.0
     generate_s: float = 0.0
     """In the engine (``TurnSampler.step``)."""
@@ -104,7 +106,7 @@ class RolloutStats:
         return {
             "trajectories_per_s": self.num_trajectories / self.wall_s if self.wall_s else 0.0,
             "env_wait_frac": self.env_wait_s / self.wall_s if self.wall_s else 0.0,
-            "env_s_per_step": self.env_s / self.num_replies if self.num_replies else 0.0,
+            "env_s_per_tool_call": self.env_s / self.num_tool_calls if self.num_tool_calls else 0.0,
             "render_ms_per_step": 1e3 * self.render_s / self.num_replies if self.num_replies else 0.0,
             "turns_per_trajectory": self.num_turns / self.num_trajectories if self.num_trajectories else 0.0,
         }
@@ -131,14 +133,15 @@ def run_trajectories(
 ) -> TrajectoryRollout:
     """One trajectory per entry of ``prompts`` (a prompt repeated G times gives its G samples).
 
-    ``seed_of(trajectory)`` seeds the trajectory's next turn; ``env_timeout_s`` is each environment step's
+    ``seed_of(trajectory)`` seeds the trajectory's next turn (and, derived from the first turn's, its
+    environment's ``reset``); ``env_timeout_s`` is each environment step's
     deadline (None: none)."""
     clock = time.perf_counter
     start = clock()
     trajectories = [Trajectory(p, initial_messages(p), index=k) for k, p in enumerate(prompts)]
     envs = [make_env() for _ in prompts]
-    for env, prompt in zip(envs, prompts):
-        env.reset(prompt)
+    for env, t in zip(envs, trajectories):
+        env.reset(t.prompt, derived_seed(seed_of(t), "env"))  # (seed_of before any turn: the first turn's)
     stats = RolloutStats(num_trajectories=len(prompts))
     pending: dict[Future, tuple[int, ModelTurn, float]] = {}  # environment steps: sample, turn, deadline
     generating = 0
@@ -192,8 +195,10 @@ def run_trajectories(
             for f in ready:
                 i, turn, _ = pending.pop(f)
                 reply, seconds = f.result()
+                trajectories[i].turns[turn.index].env_s = seconds
                 stats.env_s += seconds
                 stats.num_replies += 1
+                stats.num_tool_calls += reply.tool_calls
                 began = clock()
                 trajectories[i].add_reply(turn, reply, renderer, budgets)
                 stats.render_s += clock() - began

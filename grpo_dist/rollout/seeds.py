@@ -35,3 +35,9 @@ def segment_stream(stream: str, segment: int) -> str:
     """The seed stream of a partial rollout's ``segment``-th continuation (the first segment samples as a
     whole rollout would), so a continuation does not replay the random draws of the segment before."""
     return stream if segment == 0 else f"{stream}@{segment}"
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed for another random source of the same sample (its environment), independent of ``seed``'s."""
+    key = f"{seed}/{purpose}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1

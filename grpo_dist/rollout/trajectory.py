@@ -133,6 +133,8 @@ class Turn:
     reward: float = 0.0
     tool_calls: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    env_s: float = 0.0
+    """Seconds the environment took to answer (its tool calls)."""
 
 
 @dataclass

@@ -9,7 +9,7 @@ from grpo_dist.types import Prompt
 class TwoTurns(Environment):
     """Answers the model's first turn with a fixed message, and ends after the second."""
 
-    def reset(self, prompt: Prompt) -> None:
+    def reset(self, prompt: Prompt, seed: int) -> None:
         self.prompt = prompt
 
     def step(self, turn: ModelTurn) -> EnvReply:

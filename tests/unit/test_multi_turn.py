@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 import threading
 import time
 from typing import Any, ClassVar
@@ -146,7 +147,7 @@ def test_budgets_end_trajectories(tok: Any) -> None:
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_tool_responses_are_cut_to_their_budget_on_the_chosen_side(tok: Any, side: str) -> None:
     class Echo(Environment):
-        def reset(self, prompt: Prompt) -> None:
+        def reset(self, prompt: Prompt, seed: int) -> None:
             pass
 
         def step(self, turn: ModelTurn) -> EnvReply:
@@ -204,7 +205,7 @@ def test_a_template_that_rewrites_history_is_refused_naming_row_and_turn(tok: An
 
 def test_a_raising_environment_stops_the_rollout_naming_row_and_turn(tok: Any) -> None:
     class Broken(Environment):
-        def reset(self, prompt: Prompt) -> None:
+        def reset(self, prompt: Prompt, seed: int) -> None:
             pass
 
         def step(self, turn: ModelTurn) -> EnvReply:
@@ -265,7 +266,7 @@ def test_environments_load_by_import_path_with_clear_errors() -> None:
 
 def test_a_turn_cut_by_its_own_cap_is_still_answered(tok: Any) -> None:
     class Nudge(Environment):
-        def reset(self, prompt: Prompt) -> None:
+        def reset(self, prompt: Prompt, seed: int) -> None:
             pass
 
         def step(self, turn: ModelTurn) -> EnvReply:
@@ -335,7 +336,7 @@ class Gate(Environment):
     saw_open: ClassVar[list[bool]] = []
     wait_s = 5.0
 
-    def reset(self, prompt: Prompt) -> None:
+    def reset(self, prompt: Prompt, seed: int) -> None:
         self.first = prompt.prompt_id == 0
 
     def step(self, turn: ModelTurn) -> EnvReply:
@@ -376,7 +377,7 @@ def test_tool_calls_run_while_other_samples_generate_under_the_continuous_schedu
 
 def test_an_environment_that_misses_its_deadline_stops_the_rollout(tok: Any) -> None:
     class Slow(Environment):
-        def reset(self, prompt: Prompt) -> None:
+        def reset(self, prompt: Prompt, seed: int) -> None:
             pass
 
         def step(self, turn: ModelTurn) -> EnvReply:
@@ -400,3 +401,29 @@ def test_an_environment_that_misses_its_deadline_stops_the_rollout(tok: Any) -> 
             env_timeout_s=0.2,
         )
     assert time.perf_counter() - began < 2.0 and aborted == [True]  # not held up by the hung step
+
+
+def test_environments_get_each_samples_own_seed_the_same_on_a_rerun(tok: Any) -> None:
+    """A stochastic environment seeded from ``reset`` answers the same when the rollout is repeated (a retry,
+    a resume) and differently for each sample of a group."""
+
+    class Dice(Environment):
+        def reset(self, prompt: Prompt, seed: int) -> None:
+            self.rng = random.Random(seed)
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            return EnvReply(messages=[{"role": "user", "content": str(self.rng.randrange(10**6))}], done=turn.index > 0)
+
+    def run() -> list[str]:
+        trajectories = run_trajectories(
+            [_prompt(tok)] * 4,
+            sampler=BatchedSampler(Script(tok, [[5], [6]])),
+            make_env=Dice,
+            renderer=PlainRenderer(tok),
+            budgets=BUDGETS,
+            seed_of=lambda t: 1000 * t.index + len(t.turns),  # as the engine's: per sample, per turn
+        ).trajectories
+        return [t.turns[0].messages[0]["content"] for t in trajectories]
+
+    first = run()
+    assert run() == first and len(set(first)) == 4
