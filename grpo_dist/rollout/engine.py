@@ -464,9 +464,10 @@ class AdapterSlot:
 def _params(spec: SamplingSpec, max_tokens: int, seed: int, *, keep_stop: bool = False) -> Any:
     """One seeded request's ``SamplingParams`` (``n=1``: each sample is its own request, with its own seed);
     ``keep_stop``: a stop string stays in the output (a tool call's closing tag is part of the turn)."""
-    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-    return SamplingParams(
+    return SamplingParams(  # FINAL_ONLY: as LLM.generate sets it; a multi-turn turn's request reads only its end
+        output_kind=RequestOutputKind.FINAL_ONLY,
         n=1,
         max_tokens=max_tokens,
         temperature=0.0 if spec.greedy else spec.temperature,
