@@ -64,6 +64,7 @@ def check_inputs(cfg: Config, *, device: str, build_embedded: bool, source: str 
                 result = _check_data(cfg, name, paths, tokenizer, errors)
                 if result is not None:
                     loaded[name] = result
+                    errors += _mixed_kinds(cfg, name, result[0])
     errors += _reward_errors(cfg)
     resume = cfg.trainer.resume
     if resume not in ("never", "auto") and not Path(resume).is_dir():
@@ -153,6 +154,20 @@ def _check_data(
     except DatasetError as exc:
         errors.append(f"{field_name}: {exc}")
         return None
+
+
+def _mixed_kinds(cfg: Config, name: str, prompts: list[Prompt]) -> list[str]:
+    """A multi-turn rollout continues chat prompts through the chat template and plain ones as text: one
+    engine call cannot hold both, so a dataset must be one kind."""
+    chat = next((p for p in prompts if p.messages is not None), None)
+    plain = next((p for p in prompts if p.messages is None), None)
+    if not cfg.rollout.multi_turn.enabled or chat is None or plain is None:
+        return []
+    return [
+        f"data.{name}_files: rollout.multi_turn needs one kind of prompt per dataset, but row {chat.prompt_id} "
+        f"is chat messages and row {plain.prompt_id} plain text (data.apply_chat_template = 'always' renders "
+        "both as chat)"
+    ]
 
 
 def _reward_errors(cfg: Config) -> list[str]:

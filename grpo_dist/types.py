@@ -26,7 +26,7 @@ class Prompt:
     ground_truth: str | None = None
     data_source: str | None = None
     extra_info: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
     """The row's chat messages (``role``, ``content``) before rendering, for a multi-turn environment to
     continue the conversation; None for a plain-text prompt."""
 

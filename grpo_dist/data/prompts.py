@@ -153,13 +153,15 @@ def _render(
     return text, True
 
 
-def _chat_messages(prompt: Any, templated: bool) -> list[dict[str, str]] | None:
-    """The messages a templated prompt was rendered from (a string wrapped by ``always`` is one user message)."""
+def _chat_messages(prompt: Any, templated: bool) -> list[dict[str, Any]] | None:
+    """The messages a templated prompt was rendered from (a string wrapped by ``always`` is one user message),
+    whole: a multi-turn rollout renders them again, and any key left out (a ``name``, an assistant's
+    ``tool_calls``) would render a conversation other than the prompt's tokens."""
     if not templated:
         return None
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    return [dict(m) for m in prompt]
 
 
 def build_prompts(

@@ -237,7 +237,7 @@ def _truncated(message: Message, renderer: Renderer, budgets: Budgets) -> Messag
 def initial_messages(prompt: Prompt) -> list[Message]:
     """The conversation a trajectory starts from: the row's chat messages, or its text as one user message."""
     if prompt.messages is not None:
-        return [{"role": m["role"], "content": m["content"]} for m in prompt.messages]
+        return [dict(m) for m in prompt.messages]  # type: ignore[misc]  (whole: as the prompt was rendered)
     return [{"role": "user", "content": prompt.text}]
 
 

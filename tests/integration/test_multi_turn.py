@@ -74,12 +74,15 @@ def test_two_turn_rollout_logprobs_match_the_learners(
     assert [c.token_ids for g in again for c in g.completions] == [c.token_ids for g in groups for c in g.completions]
 
 
+@pytest.mark.parametrize("async_mode", ["sync", "async"])
 def test_training_steps_with_an_environment_from_the_config(
-    local_ray: None, tiny_assets: dict[str, str], tmp_path
+    local_ray: None, tiny_assets: dict[str, str], tmp_path, async_mode: str
 ) -> None:
     """The user's path: ``rollout.multi_turn.env`` named in the config, two GRPO steps through the real
     actors; every sample has two turns, the environment's step rewards reach the reward (``env_reward``),
-    the learner trains on the model's tokens only, and every turn is in the rollout log."""
+    the learner trains on the model's tokens only, and every turn is in the rollout log. Also with
+    rollouts overlapping training (``trainer.async_mode = async``): whole groups of trajectories, each
+    tagged with the weights version it was sampled with."""
     import json
 
     import pyarrow.parquet as pq
@@ -105,6 +108,7 @@ def test_training_steps_with_an_environment_from_the_config(
             "rollout.multi_turn.max_tokens_per_turn=6",
             "reward.functions=[{name: env_reward, kwargs: {mode: last}}, {name: exact_match}]",
             "sync.probe_tolerance=1e-4",
+            f"trainer.async_mode={async_mode}",
         ],
     )
     with Controller(cfg) as controller:
@@ -122,3 +126,6 @@ def test_training_steps_with_an_environment_from_the_config(
         assert row["completion"] == turns[-1]["text"]
     # the learner counted the model's tokens only
     assert steps[0]["learner/loss_tokens"] == sum(sum(r["loss_mask"]) for r in table if r["valid"])
+    if async_mode == "async":  # step 2 trained on trajectories sampled before step 1's update reached the engine
+        later = pq.read_table(run_dir / "rollouts" / "step_000002.parquet").to_pylist()
+        assert {r["weights_version"] for r in later} <= {0, 1} and steps[1]["async/staleness_max"] <= 1

@@ -8,6 +8,7 @@ Each mistake gets one clean message (no Python traceback) naming the config fiel
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -80,6 +81,22 @@ def test_overlong_prompt_is_found_with_the_models_tokenizer(tiny_assets: dict[st
     assert "Traceback" not in proc.stderr
     assert "data.train_files:" in proc.stderr and str(data) in proc.stderr and "row 2" in proc.stderr
     assert "max_prompt_length" in proc.stderr
+
+
+def test_a_multi_turn_dataset_mixing_chat_and_plain_prompts_is_refused(
+    tiny_assets: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "mixed.jsonl"
+    rows = [{"prompt": "1+2=", "ground_truth": "3"}, {"prompt": [{"role": "user", "content": "3+4="}]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = [
+        *tiny_overrides(tiny_assets, tmp_path / "run", train_file=data),
+        "rollout.multi_turn.env=grpo_dist.envs.tools:ToolEnv",
+    ]
+    proc = grpo_dist("validate", str(TINY_CONFIG), *overrides, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "data.train_files: rollout.multi_turn needs one kind of prompt" in proc.stderr
+    assert "row 1 is chat messages and row 0 plain text" in proc.stderr
 
 
 def test_a_good_config_validates_with_the_users_own_reward_module(tiny_assets: dict[str, str], tmp_path: Path) -> None:

@@ -427,3 +427,33 @@ def test_environments_get_each_samples_own_seed_the_same_on_a_rerun(tok: Any) ->
 
     first = run()
     assert run() == first and len(set(first)) == 4
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_max_env_workers_is_how_many_environment_steps_run_at_once(tok: Any, workers: int) -> None:
+    class Counting(Environment):
+        running: ClassVar[list[int]] = [0]
+        most: ClassVar[list[int]] = [0]
+        lock = threading.Lock()
+
+        def reset(self, prompt: Prompt, seed: int) -> None:
+            pass
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            with Counting.lock:
+                Counting.running[0] += 1
+                Counting.most[0] = max(Counting.most[0], Counting.running[0])
+            time.sleep(0.1)
+            with Counting.lock:
+                Counting.running[0] -= 1
+            return EnvReply(done=True)
+
+    run_trajectories(
+        [_prompt(tok)] * 4,
+        sampler=BatchedSampler(Script(tok, [[5]])),
+        make_env=Counting,
+        renderer=PlainRenderer(tok),
+        budgets=BUDGETS,
+        max_workers=workers,
+    )
+    assert Counting.most[0] == workers
