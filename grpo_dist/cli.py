@@ -260,10 +260,11 @@ def _cmd_init_model(args: argparse.Namespace) -> int:
 def _cmd_import_gguf(args: argparse.Namespace) -> int:
     _setup_logging()
     from grpo_dist.models.gguf import GGUFImportError, import_gguf
+    from grpo_dist.models.out_dir import OutDirError
 
     try:
         path = import_gguf(args.source, args.out_dir, force=args.force)
-    except GGUFImportError as exc:
+    except (GGUFImportError, OutDirError) as exc:
         print(exc, file=sys.stderr)
         return 2
     print(path)

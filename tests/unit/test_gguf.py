@@ -11,6 +11,7 @@ import pytest
 from grpo_dist.cli import main
 from grpo_dist.models import gguf
 from grpo_dist.models.gguf import GGUFImportError, import_gguf, resolve_source
+from grpo_dist.models.out_dir import OutDirError
 
 
 def _fake_gguf(tmp_path: Path) -> Path:
@@ -58,7 +59,7 @@ def test_an_existing_out_dir_is_refused_before_loading(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    with pytest.raises(GGUFImportError, match=r"already exists.*--force"):
+    with pytest.raises(OutDirError, match=r"already exists.*--force"):
         import_gguf(path, out)
 
 
@@ -67,7 +68,7 @@ def test_force_never_replaces_a_directory_that_is_not_a_model(tmp_path: Path) ->
     out = tmp_path / "precious"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(GGUFImportError, match="not a model directory"):
+    with pytest.raises(OutDirError, match="not a model directory"):
         import_gguf(path, out, force=True)
     assert (out / "notes.txt").read_text() == "keep me"
 
