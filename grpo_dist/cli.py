@@ -251,6 +251,9 @@ def _cmd_init_model(args: argparse.Namespace) -> int:
     check_out_dir(out, force=args.force)
     spec = ToolWarmStartSpec()
     if args.warm_start_steps is not None:
+        if args.warm_start_steps < 1:
+            print(f"--warm-start-steps {args.warm_start_steps}: must be at least 1", file=sys.stderr)
+            return 2
         spec = dataclasses.replace(spec, warm=dataclasses.replace(spec.warm, num_steps=args.warm_start_steps))
     build_calculator_model(out, train, spec)
     print(out)

@@ -14,9 +14,11 @@ verification of a checkpoint (it reads every shard).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +68,7 @@ def check_inputs(cfg: Config, *, device: str, build_embedded: bool, source: str 
                     loaded[name] = result
                     errors += _mixed_kinds(cfg, name, result[0])
     errors += _reward_errors(cfg)
+    errors += _environment_errors(cfg)
     resume = cfg.trainer.resume
     if resume not in ("never", "auto") and not Path(resume).is_dir():
         errors.append(f"trainer.resume = {resume!r}: no checkpoint directory there")
@@ -170,22 +173,45 @@ def _mixed_kinds(cfg: Config, name: str, prompts: list[Prompt]) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _importable_from_cwd() -> Iterator[None]:
+    """The user's modules importable from the directory they run in, as every actor finds them (the local
+    Ray puts it on their ``PYTHONPATH``)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _environment_errors(cfg: Config) -> list[str]:
+    """Import the multi-turn environment and check its kwargs and ``reset``, as the engines will load it."""
+    mt = cfg.rollout.multi_turn
+    if mt.env is None:
+        return []
+    from grpo_dist.envs.base import environment_class
+
+    with _importable_from_cwd():
+        try:
+            environment_class(mt.env, mt.env_kwargs)
+        except ValueError as exc:
+            return [str(exc)]
+    return []
+
+
 def _reward_errors(cfg: Config) -> list[str]:
     """Import every reward function and check its kwargs against its signature, as the workers will."""
     from grpo_dist.reward.builtins import resolve
 
     errors = []
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:  # the workers import from the driver's working directory too (``RewardPool``)
-        sys.path.insert(0, cwd)
-    try:
+    with _importable_from_cwd():
         for i, function in enumerate(cfg.reward.functions):
             try:
                 resolve(function, index=i, max_response_length=cfg.data.max_response_length)
             except ValueError as exc:
                 errors.append(str(exc))
-    finally:
-        if added:
-            sys.path.remove(cwd)
     return errors

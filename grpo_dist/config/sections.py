@@ -139,8 +139,9 @@ class MultiTurnConfig(Section):
     one batch, then every environment step; slower when tools are slow, but what the engine batches
     together (hence every float of a rollout) does not depend on how fast the tools answered."""
     env_timeout_s: float = Field(300.0, gt=0.0)
-    """Deadline of one environment step (a tool's own timeout, such as ``ToolEnv``'s ``timeout_s``, should be
-    shorter): a step that misses it stops the rollout, naming the row and turn."""
+    """Deadline of one environment step, from when it starts running (a step queued behind
+    ``max_env_workers`` busy threads is not counted); a tool's own timeout, such as ``ToolEnv``'s
+    ``timeout_s``, should be shorter. A step that misses it stops the rollout, naming the row and turn."""
 
     @model_validator(mode="after")
     def _check_env(self) -> MultiTurnConfig:

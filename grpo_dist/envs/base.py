@@ -13,6 +13,7 @@ in threads, so one slow tool does not hold up the others' turns.
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -72,8 +73,10 @@ class Environment(ABC):
         the turn (a bug in an environment must not pass for a low reward): answer a bad call with a message."""
 
 
-def load_environment(path: str, kwargs: dict[str, Any] | None = None) -> Environment:
-    """An instance of the environment class at ``package.module:Class``; a clear error if it is not one."""
+def environment_class(path: str, kwargs: dict[str, Any] | None = None) -> type[Environment]:
+    """The environment class at ``package.module:Class``, checked without building one: it imports, is an
+    ``Environment``, ``kwargs`` fit its constructor and its ``reset`` takes ``(prompt, seed)``. A clear
+    ``ValueError`` otherwise (``validate`` and the preflight report it before any engine starts)."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ValueError(f"rollout.multi_turn.env = {path!r}: expected 'package.module:Class'")
@@ -83,6 +86,23 @@ def load_environment(path: str, kwargs: dict[str, Any] | None = None) -> Environ
         raise ValueError(f"rollout.multi_turn.env = {path!r}: cannot import it ({exc})") from exc
     if not (isinstance(cls, type) and issubclass(cls, Environment)):
         raise ValueError(f"rollout.multi_turn.env = {path!r} is not a subclass of grpo_dist.envs.Environment")
+    try:
+        inspect.signature(cls).bind(**(kwargs or {}))
+    except TypeError as exc:
+        raise ValueError(f"rollout.multi_turn.env_kwargs do not fit {path}: {exc}") from exc
+    try:
+        inspect.signature(cls.reset).bind(None, None, 0)
+    except TypeError:
+        raise ValueError(
+            f"rollout.multi_turn.env = {path!r}: its reset must take (self, prompt, seed), it takes "
+            f"{inspect.signature(cls.reset)} (seed: the sample's own, for a stochastic environment)"
+        ) from None
+    return cls
+
+
+def load_environment(path: str, kwargs: dict[str, Any] | None = None) -> Environment:
+    """An instance of the environment class at ``package.module:Class``; a clear error if it is not one."""
+    cls = environment_class(path, kwargs)
     try:
         return cls(**(kwargs or {}))
     except TypeError as exc:

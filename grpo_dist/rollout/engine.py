@@ -24,7 +24,7 @@ from grpo_dist.learner.lora import vllm_max_lora_rank
 from grpo_dist.models.layout import CheckpointLayout
 from grpo_dist.models.reload_fixes import rederive_after_reload
 from grpo_dist.rollout.engine_turns import turn_sampler
-from grpo_dist.rollout.multi_turn import MultiTurnSettings, sample_completions, without_stop
+from grpo_dist.rollout.multi_turn import MultiTurnSettings, TurnOutput, sample_completions, without_stop
 from grpo_dist.rollout.partial import SegmentRequest, Segments, extend_completion
 from grpo_dist.rollout.seeds import occurrence_stream, sample_seed, segment_stream
 from grpo_dist.sync.plan import Bucket, checksum
@@ -231,7 +231,7 @@ class VllmEngine:
         def make_request(ids: list[int], max_tokens: int, seed: int) -> tuple[Any, Any]:
             return TokensPrompt(prompt_token_ids=ids), _params(turn_spec, max_tokens, seed, keep_stop=True)
 
-        def read_output(out: Any) -> tuple[list[int], list[float], str, str]:
+        def read_output(out: Any) -> TurnOutput:
             c = _completion(out)
             return c.token_ids, c.logprobs, without_stop(c.text, spec.stop), c.finish_reason
 

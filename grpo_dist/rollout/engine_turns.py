@@ -67,5 +67,8 @@ def rounds_sampler(llm: Any, make_request: MakeRequest, read_output: ReadOutput,
 
 def turn_sampler(schedule: str, llm: Any, make_request: MakeRequest, read_output: ReadOutput, lora_request: Any = None):
     """The sampler of ``rollout.multi_turn.schedule``."""
-    cls = EngineTurnSampler if schedule == "continuous" else rounds_sampler
-    return cls(llm, make_request, read_output, lora_request)
+    if schedule == "continuous":
+        return EngineTurnSampler(llm, make_request, read_output, lora_request)
+    if schedule == "rounds":
+        return rounds_sampler(llm, make_request, read_output, lora_request)
+    raise ValueError(f"rollout.multi_turn.schedule = {schedule!r}: expected 'continuous' or 'rounds'")

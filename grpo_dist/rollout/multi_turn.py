@@ -16,6 +16,7 @@ pass for a low reward), and the engine's unfinished turns are aborted.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from grpo_dist.rollout.trajectory import (
     initial_messages,
 )
 from grpo_dist.types import Completion, Prompt
+
+logger = logging.getLogger(__name__)
 
 Schedule = Literal["continuous", "rounds"]
 TurnOutput = tuple[list[int], list[float], str, str]
@@ -134,84 +137,137 @@ def run_trajectories(
     """One trajectory per entry of ``prompts`` (a prompt repeated G times gives its G samples).
 
     ``seed_of(trajectory)`` seeds the trajectory's next turn (and, derived from the first turn's, its
-    environment's ``reset``); ``env_timeout_s`` is each environment step's
-    deadline (None: none)."""
-    clock = time.perf_counter
-    start = clock()
-    trajectories = [Trajectory(p, initial_messages(p), index=k) for k, p in enumerate(prompts)]
-    envs = [make_env() for _ in prompts]
-    for env, t in zip(envs, trajectories):
-        env.reset(t.prompt, derived_seed(seed_of(t), "env"))  # (seed_of before any turn: the first turn's)
-    stats = RolloutStats(num_trajectories=len(prompts))
-    pending: dict[Future, tuple[int, ModelTurn, float]] = {}  # environment steps: sample, turn, deadline
-    generating = 0
-
-    def where(i: int, turn: ModelTurn) -> str:
-        return f"row {prompts[i].prompt_id}, turn {turn.index}"
-
-    def answer(i: int, turn: ModelTurn) -> tuple[EnvReply, float]:
-        began = clock()
-        try:
-            return envs[i].step(turn), clock() - began
-        except Exception as exc:  # a user's environment: re-raised with where it happened
-            raise EnvironmentStepError(f"{env_name} raised at {where(i, turn)}: {type(exc).__name__}: {exc}") from exc
-
-    def submit(i: int) -> None:
-        nonlocal generating
-        t = trajectories[i]
-        sampler.submit(t, t.turn_budget(budgets), seed_of(t))
-        generating += 1
-
-    def overdue(now: float) -> None:
-        for f, (i, turn, deadline) in pending.items():
-            if now > deadline and not f.done():
-                raise EnvironmentStepError(
-                    f"{env_name} did not answer within rollout.multi_turn.env_timeout_s = {env_timeout_s} s at "
-                    f"{where(i, turn)}"
-                )
-
+    environment's ``reset``); ``env_timeout_s`` is the deadline of each environment step from when it starts
+    running (None: none). ``rounds`` is meant for a ``BatchedSampler``: a sampler that generates request by
+    request would sit idle while a round's tools run."""
+    loop = _Loop(prompts, sampler, make_env, renderer, budgets, env_name, env_timeout_s, seed_of)
     pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(prompts))), thread_name_prefix="env-step")
     try:
-        for i in range(len(trajectories)):
-            submit(i)
-        while generating or pending:
-            if generating and not (schedule == "rounds" and pending):
-                began = clock()
-                finished = sampler.step()
-                stats.generate_s += clock() - began
-                for i, output in finished:
-                    generating -= 1
-                    turn = trajectories[i].add_model_turn(*output)
-                    stats.num_turns += 1
-                    deadline = clock() + env_timeout_s if env_timeout_s is not None else float("inf")
-                    pending[pool.submit(answer, i, turn)] = (i, turn, deadline)
-                ready = [f for f in pending if f.done()]
-            else:
-                began = clock()
-                first_deadline = min(d for _, _, d in pending.values())
-                timeout = None if first_deadline == float("inf") else max(0.0, first_deadline - began)
-                ready = list(wait(pending, timeout=timeout, return_when=FIRST_COMPLETED).done)
-                stats.env_wait_s += clock() - began
-            for f in ready:
-                i, turn, _ = pending.pop(f)
-                reply, seconds = f.result()
-                trajectories[i].turns[turn.index].env_s = seconds
-                stats.env_s += seconds
-                stats.num_replies += 1
-                stats.num_tool_calls += reply.tool_calls
-                began = clock()
-                trajectories[i].add_reply(turn, reply, renderer, budgets)
-                stats.render_s += clock() - began
-                if not trajectories[i].done:
-                    submit(i)
-            overdue(clock())
+        loop.run(pool, schedule)
     except BaseException:
-        sampler.abort()
-        pool.shutdown(wait=False, cancel_futures=True)  # a hung environment step keeps its thread, not the run
+        try:
+            sampler.abort()  # no unfinished request may stay in the engine for its next rollout
+        except Exception:
+            logger.exception("aborting the engine's unfinished turns failed")
+        # A hung environment step keeps its thread (threads cannot be killed); the error reaches the run,
+        # which stops the engine's process.
+        pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    stats.wall_s = clock() - start
-    return TrajectoryRollout(trajectories, stats)
+    loop.stats.wall_s = time.perf_counter() - loop.began
+    return TrajectoryRollout(loop.trajectories, loop.stats)
+
+
+class _Loop:
+    """``run_trajectories``' state: the trajectories, their environments, the turns being generated and the
+    environment steps under way."""
+
+    def __init__(
+        self,
+        prompts: Sequence[Prompt],
+        sampler: TurnSampler,
+        make_env: Callable[[], Environment],
+        renderer: Renderer,
+        budgets: Budgets,
+        env_name: str,
+        env_timeout_s: float | None,
+        seed_of: Callable[[Trajectory], int],
+    ) -> None:
+        self.began = time.perf_counter()
+        self.sampler, self.renderer, self.budgets, self.seed_of = sampler, renderer, budgets, seed_of
+        self.env_name, self.env_timeout_s = env_name, env_timeout_s
+        self.trajectories = [Trajectory(p, initial_messages(p), index=k) for k, p in enumerate(prompts)]
+        self.stats = RolloutStats(num_trajectories=len(prompts))
+        self.envs: list[Environment] = []
+        for t in self.trajectories:
+            env = make_env()
+            try:
+                env.reset(t.prompt, derived_seed(seed_of(t), "env"))  # (seed_of before any turn: the first turn's)
+            except Exception as exc:
+                raise EnvironmentStepError(f"{env_name}.reset raised at row {t.prompt.prompt_id}: {exc!r}") from exc
+            self.envs.append(env)
+        self.generating = 0
+        self.pending: dict[Future, tuple[int, ModelTurn]] = {}  # environment steps: sample, turn
+        self.started: dict[tuple[int, int], float] = {}  # (sample, turn) -> when its step began running
+
+    def where(self, i: int, turn: ModelTurn) -> str:
+        return f"row {self.trajectories[i].prompt.prompt_id}, turn {turn.index}"
+
+    def answer(self, i: int, turn: ModelTurn) -> tuple[EnvReply, float]:
+        """One environment step, in a worker thread."""
+        began = self.started[i, turn.index] = time.perf_counter()
+        try:
+            return self.envs[i].step(turn), time.perf_counter() - began
+        except Exception as exc:  # a user's environment: re-raised with where it happened
+            where = self.where(i, turn)
+            raise EnvironmentStepError(f"{self.env_name} raised at {where}: {type(exc).__name__}: {exc}") from exc
+
+    def submit(self, i: int) -> None:
+        t = self.trajectories[i]
+        self.sampler.submit(t, t.turn_budget(self.budgets), self.seed_of(t))
+        self.generating += 1
+
+    def time_left(self) -> float | None:
+        """Seconds until the first running environment step's deadline (None: no deadline)."""
+        if self.env_timeout_s is None:
+            return None
+        now = time.perf_counter()
+        running = [self.started.get((i, turn.index)) for i, turn in self.pending.values()]
+        ends = [began + self.env_timeout_s - now for began in running if began is not None]
+        return max(0.0, min([*ends, 1.0]))  # (at least every second: a step may start while this waits)
+
+    def check_deadlines(self) -> None:
+        if self.env_timeout_s is None:
+            return
+        now = time.perf_counter()
+        for f, (i, turn) in self.pending.items():
+            began = self.started.get((i, turn.index))
+            if began is not None and now - began > self.env_timeout_s and not f.done():
+                raise EnvironmentStepError(
+                    f"{self.env_name} did not answer within rollout.multi_turn.env_timeout_s = {self.env_timeout_s} "
+                    f"s at {self.where(i, turn)}"
+                )
+
+    def run(self, pool: ThreadPoolExecutor, schedule: Schedule) -> None:
+        clock, stats = time.perf_counter, self.stats
+        for i in range(len(self.trajectories)):
+            self.submit(i)
+        while self.generating or self.pending:
+            if self.generating and not (schedule == "rounds" and self.pending):
+                began = clock()
+                finished = self.sampler.step()
+                stats.generate_s += clock() - began
+                for i, output in finished:
+                    self.generating -= 1
+                    turn = self.trajectories[i].add_model_turn(*output)
+                    stats.num_turns += 1
+                    if turn.finish_reason in ("stop", "length"):
+                        self.pending[pool.submit(self.answer, i, turn)] = (i, turn)
+                    else:  # the engine aborted the request: no environment step, the sample ends here
+                        self.trajectories[i].end("abort")
+                ready = [f for f in self.pending if f.done()]
+            else:
+                began = clock()
+                ready = list(wait(self.pending, timeout=self.time_left(), return_when=FIRST_COMPLETED).done)
+                stats.env_wait_s += clock() - began
+            for f in ready:
+                self.collect(f)
+            self.check_deadlines()
+
+    def collect(self, f: Future) -> None:
+        """A finished environment step: record it, append its answer, and submit the sample's next turn."""
+        i, turn = self.pending.pop(f)
+        reply, seconds = f.result()
+        t, stats = self.trajectories[i], self.stats
+        t.turns[turn.index].env_s = seconds
+        stats.env_s += seconds
+        stats.num_replies += 1
+        stats.num_tool_calls += reply.tool_calls
+        began = time.perf_counter()
+        t.add_reply(turn, reply, self.renderer, self.budgets)
+        stats.render_s += time.perf_counter() - began
+        if not t.done:
+            self.submit(i)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,12 @@ import hashlib
 from collections.abc import Iterable
 
 
+def _hashed(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1  # < 2**63
+
+
 def sample_seed(run_seed: int, stream: str, step: int, prompt_id: int, sample_index: int) -> int:
-    key = f"{run_seed}/{stream}/{step}/{prompt_id}/{sample_index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1  # < 2**63
+    return _hashed(f"{run_seed}/{stream}/{step}/{prompt_id}/{sample_index}")
 
 
 def occurrences(prompt_ids: Iterable[int]) -> list[int]:
@@ -39,5 +42,4 @@ def segment_stream(stream: str, segment: int) -> str:
 
 def derived_seed(seed: int, purpose: str) -> int:
     """A seed for another random source of the same sample (its environment), independent of ``seed``'s."""
-    key = f"{seed}/{purpose}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    return _hashed(f"{seed}/{purpose}")

@@ -26,7 +26,7 @@ cut on ``truncation_side``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -196,6 +196,10 @@ class Trajectory:
         self.messages += messages
         self._add_env_tokens(ids)
 
+    def end(self, reason: FinishReason) -> None:
+        """End the trajectory without an environment step (the engine aborted the model's turn)."""
+        self._finish(reason)
+
     def _finish(self, reason: FinishReason) -> None:
         self.done = True
         self.finish_reason = reason
@@ -239,7 +243,3 @@ def initial_messages(prompt: Prompt) -> list[Message]:
     if prompt.messages is not None:
         return [dict(m) for m in prompt.messages]  # type: ignore[misc]  (whole: as the prompt was rendered)
     return [{"role": "user", "content": prompt.text}]
-
-
-GenerateTurn = Callable[[list[Trajectory], list[int]], list[tuple[list[int], list[float], str, str]]]
-"""``(trajectories, max new tokens each) -> (token ids, logprobs, text, finish reason)`` per trajectory."""

@@ -110,8 +110,8 @@ class ChatAdditionTask(AdditionTask):
 
 @dataclass(frozen=True)
 class MultiplicationTask(AdditionTask):
-    """Problems ``a*b=`` (the rows of ``AdditionTask`` with a product). Two 2-digit operands give 4-digit
-    products that the embedded model cannot learn to compute in one step; with the calculator of
+    """Problems ``a*b=`` (the rows of ``AdditionTask`` with a product). Two 2-digit operands give 3- and
+    4-digit products that the embedded model cannot learn to compute in one step; with the calculator of
     ``grpo_dist.envs.tools:ToolEnv`` it only has to copy."""
 
     op = "*"

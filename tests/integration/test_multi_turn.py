@@ -14,6 +14,8 @@ def test_two_turn_rollout_logprobs_match_the_learners(
 ) -> None:
     """Under both schedules: ``continuous`` drives the engine request by request (``LLMEngine.add_request`` /
     ``step``), ``rounds`` with one ``LLM.generate`` per round."""
+    import dataclasses
+
     import ray
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,6 +51,11 @@ def test_two_turn_rollout_logprobs_match_the_learners(
     try:
         groups = ray.get(engine.generate.remote(prompts, spec, run_seed=0, stream="train", step=1), timeout=300)
         again = ray.get(engine.generate.remote(prompts, spec, run_seed=0, stream="train", step=1), timeout=300)
+        broken = [*prompts, dataclasses.replace(prompts[0], prompt_id=5, extra_info={"raise_at_turn": 1})]
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"raised at row 5, turn 1: RuntimeError: the tool broke"):
+            ray.get(engine.generate.remote(broken, spec, run_seed=0, stream="train", step=1), timeout=300)
+        unfinished = ray.get(engine.__ray_call__.remote(lambda e: e.llm.llm_engine.get_num_unfinished_requests()))
+        after = ray.get(engine.generate.remote(prompts, spec, run_seed=0, stream="train", step=2), timeout=300)
     finally:
         ray.kill(engine, no_restart=True)
     reply = tok(" 12+30=", add_special_tokens=False).input_ids
@@ -70,8 +77,12 @@ def test_two_turn_rollout_logprobs_match_the_learners(
             diffs = [abs(a - b) for a, b, m in zip(c.logprobs, learner, mask) if m]
             worst = max(worst, *diffs)
     assert worst < 1e-4, worst
-    # the same seeds sample the same trajectories (no request of the first rollout is left in the engine)
-    assert [c.token_ids for g in again for c in g.completions] == [c.token_ids for g in groups for c in g.completions]
+    # A failed rollout leaves no request in the engine: the next one runs (vLLM would mix a leftover's output in).
+    assert unfinished == 0 and all(len(c.turns) == 2 for g in after for c in g.completions)
+    if schedule == "rounds":  # the same seeds and the same batches sample the same trajectories
+        assert [c.token_ids for g in again for c in g.completions] == [
+            c.token_ids for g in groups for c in g.completions
+        ]
 
 
 @pytest.mark.parametrize("async_mode", ["sync", "async"])

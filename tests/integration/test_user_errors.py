@@ -83,20 +83,27 @@ def test_overlong_prompt_is_found_with_the_models_tokenizer(tiny_assets: dict[st
     assert "max_prompt_length" in proc.stderr
 
 
-def test_a_multi_turn_dataset_mixing_chat_and_plain_prompts_is_refused(
+def test_a_multi_turn_dataset_mixing_chat_and_plain_prompts_and_an_old_environment_are_refused(
     tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
     data = tmp_path / "mixed.jsonl"
     rows = [{"prompt": "1+2=", "ground_truth": "3"}, {"prompt": [{"role": "user", "content": "3+4="}]}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "my_env_zz.py").write_text(  # the user's environment, written for reset(prompt) without a seed
+        "from grpo_dist.envs import Environment, EnvReply\n"
+        "class Mine(Environment):\n"
+        "    def reset(self, prompt):\n        pass\n"
+        "    def step(self, turn):\n        return EnvReply(done=True)\n"
+    )
     overrides = [
         *tiny_overrides(tiny_assets, tmp_path / "run", train_file=data),
-        "rollout.multi_turn.env=grpo_dist.envs.tools:ToolEnv",
+        "rollout.multi_turn.env=my_env_zz:Mine",
     ]
     proc = grpo_dist("validate", str(TINY_CONFIG), *overrides, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "data.train_files: rollout.multi_turn needs one kind of prompt" in proc.stderr
     assert "row 1 is chat messages and row 0 plain text" in proc.stderr
+    assert "'my_env_zz:Mine': its reset must take (self, prompt, seed)" in proc.stderr  # both, at once
 
 
 def test_a_good_config_validates_with_the_users_own_reward_module(tiny_assets: dict[str, str], tmp_path: Path) -> None:
