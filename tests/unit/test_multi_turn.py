@@ -501,3 +501,24 @@ def test_a_raising_reset_names_the_environment_and_row(tok: Any) -> None:
         rollout(
             [_prompt(tok)], generate=Script(tok, [[5]]), make_env=BadReset, renderer=PlainRenderer(tok), budgets=BUDGETS
         )
+
+
+def test_a_step_queued_behind_busy_threads_is_not_counted_against_its_deadline(tok: Any) -> None:
+    class Steady(Environment):
+        def reset(self, prompt: Prompt, seed: int) -> None:
+            pass
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            time.sleep(0.3)
+            return EnvReply(done=True)
+
+    trajectories = rollout(
+        [_prompt(tok)] * 4,
+        generate=Script(tok, [[5]]),
+        make_env=Steady,
+        renderer=PlainRenderer(tok),
+        budgets=BUDGETS,
+        max_workers=1,  # the fourth step waits 0.9 s for its thread, and runs 0.3 s of its 0.5
+        env_timeout_s=0.5,
+    )
+    assert [t.done for t in trajectories] == [True] * 4
