@@ -9,6 +9,7 @@ parquet) and writes into ``RUN_DIR/report/``:
 * ``kl_clip.png`` - ``learner/kl``, ``learner/clip_fraction`` and ``learner/entropy`` in panels sharing the
   step axis;
 * ``timing.png`` - seconds per phase per step, stacked, with the unaccounted rest as "other";
+* ``tools.png`` - multi-turn runs: tool calls and model turns per sample, seconds per environment step;
 * ``summary.md`` - the headline numbers, a timing table, a few sampled completions and links to the plots.
 
 A plot whose metrics were never logged is skipped (and a stale copy from an earlier report removed),
@@ -42,7 +43,7 @@ __all__ = ["PLOT_NAMES", "ReportFiles", "write_report"]
 METRICS_FILE = "metrics.jsonl"
 REPORT_DIR = "report"
 SUMMARY_FILE = "summary.md"
-PLOT_NAMES = ("reward", "pass_at_1", "response_length", "kl_clip", "timing")
+PLOT_NAMES = ("reward", "pass_at_1", "response_length", "kl_clip", "timing", "tools")
 
 # The rest of a step's time beyond its phases' sum (``metric_names.STEP_PHASES``).
 OTHER = "other"
@@ -73,6 +74,7 @@ class ReportFiles:
     response_length: Path | None = None
     kl_clip: Path | None = None
     timing: Path | None = None
+    tools: Path | None = None
 
     def plots(self) -> list[Path]:
         """The PNGs written, in the order the summary links them."""
@@ -284,15 +286,31 @@ def _plot_kl_clip(train: list[Record], path: Path) -> Path | None:
         (metric_names.LEARNER_CLIP_FRACTION, "clip fraction", "C1"),
         (metric_names.LEARNER_ENTROPY, "entropy (nats)", "C2"),
     )
+    return _plot_panels(train, specs, "Policy drift: KL, clipping and entropy", path, fractions=("clip fraction",))
+
+
+def _plot_tools(train: list[Record], path: Path) -> Path | None:
+    specs = (
+        (metric_names.ROLLOUT_TOOL_CALLS_MEAN, "tool calls per sample", "C1"),
+        (metric_names.ROLLOUT_NUM_TURNS_MEAN, "model turns per sample", "C0"),
+        (metric_names.ROLLOUT_ENV_S_MEAN, "s per environment step", "C7"),
+    )
+    return _plot_panels(train, specs, "Multi-turn rollouts: tools and turns", path)
+
+
+def _plot_panels(
+    train: list[Record], specs: Sequence[tuple[str, str, str]], title: str, path: Path, fractions: Sequence[str] = ()
+) -> Path | None:
+    """One panel per ``(metric, label, colour)`` that was logged, sharing the step axis (None: none was)."""
     panels = [(_series(train, key), label, color) for key, label, color in specs]
     panels = [p for p in panels if p[0][0]]
     if not panels:
         return None
-    fig, axes = _figure(len(panels), height_per_row=2.2, title="Policy drift: KL, clipping and entropy")
+    fig, axes = _figure(len(panels), height_per_row=2.2, title=title)
     for ax, ((steps, values), label, color) in zip(axes, panels):
         ax.plot(steps, values, color=color, linewidth=1.8, marker="o" if len(values) < 30 else None)
         ax.set_ylabel(label)
-        if label == "clip fraction":
+        if label in fractions:
             _fraction_axis(ax, values)
     return _save(fig, path)
 
@@ -340,7 +358,7 @@ def _read_examples(path: Path, n: int) -> list[Record]:
     """The first sample of each of the first ``n`` prompts: different questions say more than one's siblings."""
     import pyarrow.parquet as pq
 
-    wanted = ["prompt_id", "sample_index", "prompt", "completion", "ground_truth", "reward"]
+    wanted = ["prompt_id", "sample_index", "prompt", "completion", "ground_truth", "reward", "turns"]
     try:
         names = set(pq.read_schema(path).names)
         if "completion" not in names:
@@ -362,6 +380,17 @@ def _read_examples(path: Path, n: int) -> list[Record]:
         if len(picked) == n:
             break
     return picked
+
+
+def _trajectory_text(turns_json: str) -> str:
+    """A multi-turn sample's turns (the rollout log's ``turns`` column) as a transcript."""
+    import json
+
+    lines = []
+    for turn in json.loads(turns_json):
+        lines.append(f"[model] {turn['text']}")
+        lines += [f"[{m.get('role', 'env')}] {m.get('content', '')}" for m in turn.get("messages", [])]
+    return "\n".join(lines)
 
 
 def _block(text: Any) -> str:
@@ -430,7 +459,9 @@ def _summary(run_dir: Path, train: list[Record], evals: list[Record], files: Rep
         for i, row in enumerate(examples, start=1):
             reward = _number(row.get("reward"))
             out += [f"### Example {i} (reward {_fmt(reward)})", ""]
-            for field in ("prompt", "completion", "ground_truth"):
+            if row.get("turns"):  # a multi-turn sample: every turn, the environment's answers between them
+                row["trajectory"] = _trajectory_text(row["turns"])
+            for field in ("prompt", "trajectory", "completion", "ground_truth"):
                 if field in row:
                     out += [f"**{field}:**", "", _block(row[field]), ""]
 
@@ -474,6 +505,7 @@ def write_report(run_dir: Path) -> ReportFiles:
         "response_length": _plot_response_length(train, paths["response_length"]),
         "kl_clip": _plot_kl_clip(train, paths["kl_clip"]),
         "timing": _plot_timing(train, paths["timing"]),
+        "tools": _plot_tools(train, paths["tools"]),
     }
     for name, result in written.items():
         if result is None:

@@ -46,6 +46,9 @@ def _train_line(step: int) -> dict[str, Any]:
         "timing/step_s": STEP_S[i],
         "throughput/tokens_per_s": 1000.0 + 100 * step,
         "weights/version": step,
+        "rollout/num_turns_mean": 1.5 + 0.1 * step,
+        "rollout/tool_calls_mean": 0.5 + 0.1 * step,
+        "rollout/env_step_s_mean": 0.01,
     }
 
 
@@ -216,7 +219,7 @@ def test_plots_without_data_are_skipped(tmp_path: Path) -> None:
     files = write_report(run_dir)
     assert files.reward is not None
     _assert_png(files.reward)
-    for name in ("pass_at_1", "response_length", "kl_clip", "timing"):
+    for name in ("pass_at_1", "response_length", "kl_clip", "timing", "tools"):
         assert getattr(files, name) is None, name
         assert not (run_dir / "report" / f"{name}.png").exists()
     assert files.paths() == [files.summary, files.reward]
@@ -359,3 +362,23 @@ def test_import_needs_no_torch() -> None:
     # the CLI's report command runs on machines with only the light dependencies
     code = "import sys, grpo_dist.report; assert 'torch' not in sys.modules; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_multi_turn_sample_is_shown_turn_by_turn(tmp_path: Path) -> None:
+    import json
+
+    from grpo_dist.report import write_report
+
+    (tmp_path / "rollouts").mkdir()
+    turns = [
+        {"text": "<calculator>56*86</calculator>", "messages": [{"role": "tool", "content": "<result>4816</result>"}]},
+        {"text": "4816", "messages": []},
+    ]
+    row = {"prompt_id": 0, "sample_index": 0, "prompt": "56*86=", "completion": "4816", "reward": 1.0}
+    pq.write_table(
+        pa.Table.from_pylist([{**row, "turns": json.dumps(turns)}]), tmp_path / "rollouts" / "step_000001.parquet"
+    )
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 1.0}) + "\n")
+    text = write_report(tmp_path).summary.read_text()
+    assert "**trajectory:**" in text
+    assert "[model] <calculator>56*86</calculator>\n[tool] <result>4816</result>\n[model] 4816" in text
