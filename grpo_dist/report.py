@@ -25,7 +25,6 @@ matplotlib and pyarrow are imported inside the functions, so that importing this
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grpo_dist import metric_names
+from grpo_dist.report_examples import example_section
+from grpo_dist.report_numbers import fmt, number
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -49,13 +50,10 @@ PLOT_NAMES = ("reward", "pass_at_1", "response_length", "kl_clip", "timing", "to
 OTHER = "other"
 
 _PASS_AT_K = re.compile(r"^eval/pass@(\d+)$")
-_STEP_FILE = re.compile(r"^step_(\d+)\.parquet$")
 
 DPI = 110
 # Enough characters to judge an answer's format and correctness; whole chain-of-thought dumps would
 # bury the rest of the summary.
-MAX_EXAMPLE_CHARS = 800
-NUM_EXAMPLES = 3
 # Above this many steps stacked bars turn into slivers; a stacked area shows the same thing legibly.
 MAX_TIMING_BARS = 60
 
@@ -118,14 +116,6 @@ def _read_metrics(path: Path) -> list[Record]:
     return records
 
 
-def _number(value: Any) -> float | None:
-    """A finite float, or None: nulls (how NaN is logged), strings, booleans and inf count as missing."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _is_eval(record: Record) -> bool:
     return any(key.startswith(metric_names.EVAL_PREFIX) for key in record)
 
@@ -134,7 +124,7 @@ def _series(records: Iterable[Record], key: str) -> Series:
     """``key``'s finite values by step, sorted; a step logged twice (a resumed run) keeps its last value."""
     by_step: dict[int, float] = {}
     for record in records:
-        value = _number(record.get(key))
+        value = number(record.get(key))
         if value is not None:
             by_step[record["step"]] = value
     steps = sorted(by_step)
@@ -168,7 +158,7 @@ def _timing_rows(train: list[Record]) -> tuple[list[int], dict[str, list[float]]
     by_step: dict[int, Record] = {}
     for record in train:
         timed = (*metric_names.STEP_PHASES, (OTHER, metric_names.TIMING_STEP))
-        if any(_number(record.get(key)) is not None for _, key in timed):
+        if any(number(record.get(key)) is not None for _, key in timed):
             by_step[record["step"]] = record
     steps = sorted(by_step)
     rows: dict[str, list[float]] = {name: [] for name, _ in metric_names.STEP_PHASES}
@@ -177,10 +167,10 @@ def _timing_rows(train: list[Record]) -> tuple[list[int], dict[str, list[float]]
         record = by_step[s]
         total = 0.0
         for name, key in metric_names.STEP_PHASES:
-            value = _number(record.get(key)) or 0.0
+            value = number(record.get(key)) or 0.0
             rows[name].append(value)
             total += value
-        step_time = _number(record.get(metric_names.TIMING_STEP))
+        step_time = number(record.get(metric_names.TIMING_STEP))
         rows[OTHER].append(max(step_time - total, 0.0) if step_time is not None else 0.0)
     return steps, rows
 
@@ -340,69 +330,6 @@ def _plot_timing(train: list[Record], path: Path) -> Path | None:
 # summary
 
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _last_rollouts_file(run_dir: Path) -> tuple[int, Path] | None:
-    """The highest-numbered ``rollouts/step_*.parquet``: rollouts may be kept only every few steps."""
-    found = []
-    for p in (run_dir / "rollouts").glob("step_*.parquet"):
-        m = _STEP_FILE.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return max(found) if found else None
-
-
-def _read_examples(path: Path, n: int) -> list[Record]:
-    """The first sample of each of the first ``n`` prompts: different questions say more than one's siblings."""
-    import pyarrow.parquet as pq
-
-    wanted = ["prompt_id", "sample_index", "prompt", "completion", "ground_truth", "reward", "turns"]
-    try:
-        names = set(pq.read_schema(path).names)
-        if "completion" not in names:
-            raise ValueError(f"{path}: no 'completion' column (columns: {', '.join(sorted(names))})")
-        rows = pq.read_table(path, columns=[c for c in wanted if c in names]).to_pylist()
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
-        if str(path) in str(exc):
-            raise
-        raise ValueError(f"{path}: cannot read rollouts parquet ({exc})") from exc
-    rows.sort(key=lambda r: (str(r.get("prompt_id", "")), r.get("sample_index") or 0))
-    picked: list[Record] = []
-    seen: set[str] = set()
-    for row in rows:
-        pid = str(row.get("prompt_id", len(picked)))
-        if pid in seen:
-            continue
-        seen.add(pid)
-        picked.append(row)
-        if len(picked) == n:
-            break
-    return picked
-
-
-def _trajectory_text(turns_json: str) -> str:
-    """A multi-turn sample's turns (the rollout log's ``turns`` column) as a transcript."""
-    import json
-
-    lines = []
-    for turn in json.loads(turns_json):
-        lines.append(f"[model] {turn['text']}")
-        lines += [f"[{m.get('role', 'env')}] {m.get('content', '')}" for m in turn.get("messages", [])]
-    return "\n".join(lines)
-
-
-def _block(text: Any) -> str:
-    """A fenced block that survives backticks inside model output (the fence outgrows any run in it)."""
-    text = "" if text is None else str(text)
-    if len(text) > MAX_EXAMPLE_CHARS:
-        text = text[:MAX_EXAMPLE_CHARS] + f"\n[... {len(text) - MAX_EXAMPLE_CHARS} more characters]"
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}text\n{text}\n{fence}"
-
-
 def _summary(run_dir: Path, train: list[Record], evals: list[Record], files: ReportFiles) -> str:
     out = [f"# Run report: {run_dir.name}", ""]
     train_steps = sorted({r["step"] for r in train})
@@ -415,28 +342,28 @@ def _summary(run_dir: Path, train: list[Record], evals: list[Record], files: Rep
     if len(pass1) >= 2:
         diff = pass1[-1] - pass1[0]
         out.append(
-            f"- **Eval pass@1 (greedy):** {_fmt(pass1[0])} at step {eval_steps[0]} → {_fmt(pass1[-1])} at step "
+            f"- **Eval pass@1 (greedy):** {fmt(pass1[0])} at step {eval_steps[0]} → {fmt(pass1[-1])} at step "
             f"{eval_steps[-1]} (change {diff:+.3f})"
         )
     elif pass1:
-        out.append(f"- **Eval pass@1 (greedy):** {_fmt(pass1[0])} at step {eval_steps[0]} (one evaluation only)")
+        out.append(f"- **Eval pass@1 (greedy):** {fmt(pass1[0])} at step {eval_steps[0]} (one evaluation only)")
     else:
         out.append("- **Eval pass@1 (greedy):** no evaluation logged")
 
     reward_steps, rewards = _series(train, metric_names.REWARD_MEAN)
     if rewards:
         out.append(
-            f"- **Reward (mean):** {_fmt(rewards[0])} at step {reward_steps[0]} → {_fmt(rewards[-1])} at step "
+            f"- **Reward (mean):** {fmt(rewards[0])} at step {reward_steps[0]} → {fmt(rewards[-1])} at step "
             f"{reward_steps[-1]}"
         )
     else:
         out.append("- **Reward (mean):** not logged")
 
     tokens = _mean(_series(train, metric_names.TOKENS_PER_S)[1])
-    out.append(f"- **Throughput:** {_fmt(tokens, ',.0f')} tokens/s (mean over steps)")
+    out.append(f"- **Throughput:** {fmt(tokens, ',.0f')} tokens/s (mean over steps)")
 
     step_mean = _mean(_series(train, metric_names.TIMING_STEP)[1])
-    out.append(f"- **Step time:** {_fmt(step_mean, '.2f')} s (mean over steps)")
+    out.append(f"- **Step time:** {fmt(step_mean, '.2f')} s (mean over steps)")
     out.append("")
 
     timing_steps, rows = _timing_rows(train)
@@ -446,24 +373,11 @@ def _summary(run_dir: Path, train: list[Record], evals: list[Record], files: Rep
             values = _series(train, key)[1] if key else rows[OTHER]
             mean = _mean(values)
             share = f"{mean / step_mean:.0%}" if mean is not None and step_mean else "n/a"
-            out.append(f"| {name} | {_fmt(mean, '.2f')} | {share} |")
-        out.append(f"| **step** | **{_fmt(step_mean, '.2f')}** | |")
+            out.append(f"| {name} | {fmt(mean, '.2f')} | {share} |")
+        out.append(f"| **step** | **{fmt(step_mean, '.2f')}** | |")
         out.append("")
 
-    last = _last_rollouts_file(run_dir)
-    if last is not None:
-        step, path = last
-        examples = _read_examples(path, NUM_EXAMPLES)
-        rel = path.relative_to(run_dir).as_posix()
-        out += [f"## Example completions (step {step})", "", f"From `{rel}`, one sample per prompt.", ""]
-        for i, row in enumerate(examples, start=1):
-            reward = _number(row.get("reward"))
-            out += [f"### Example {i} (reward {_fmt(reward)})", ""]
-            if row.get("turns"):  # a multi-turn sample: every turn, the environment's answers between them
-                row["trajectory"] = _trajectory_text(row["turns"])
-            for field in ("prompt", "trajectory", "completion", "ground_truth"):
-                if field in row:
-                    out += [f"**{field}:**", "", _block(row[field]), ""]
+    out += example_section(run_dir)
 
     out += ["## Plots", ""]
     plots = files.plots()
