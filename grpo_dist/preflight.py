@@ -162,9 +162,11 @@ def _check_data(
 def _mixed_kinds(cfg: Config, name: str, prompts: list[Prompt]) -> list[str]:
     """A multi-turn rollout continues chat prompts through the chat template and plain ones as text: one
     engine call cannot hold both, so a dataset must be one kind."""
+    if not cfg.rollout.multi_turn.enabled:
+        return []
     chat = next((p for p in prompts if p.messages is not None), None)
     plain = next((p for p in prompts if p.messages is None), None)
-    if not cfg.rollout.multi_turn.enabled or chat is None or plain is None:
+    if chat is None or plain is None:
         return []
     return [
         f"data.{name}_files: rollout.multi_turn needs one kind of prompt per dataset, but row {chat.prompt_id} "

@@ -24,7 +24,7 @@ from grpo_dist.learner.lora import vllm_max_lora_rank
 from grpo_dist.models.layout import CheckpointLayout
 from grpo_dist.models.reload_fixes import rederive_after_reload
 from grpo_dist.rollout.engine_turns import turn_sampler
-from grpo_dist.rollout.multi_turn import MultiTurnSettings, TurnOutput, sample_completions, without_stop
+from grpo_dist.rollout.multi_turn import MultiTurnSettings, RolloutStats, TurnOutput, sample_completions, without_stop
 from grpo_dist.rollout.partial import SegmentRequest, Segments, extend_completion
 from grpo_dist.rollout.seeds import occurrence_stream, sample_seed, segment_stream
 from grpo_dist.sync.plan import Bucket, checksum
@@ -134,7 +134,7 @@ class VllmEngine:
 
         self.multi_turn = MultiTurnSettings(**multi_turn) if multi_turn else None
         self._turn_stop = self.multi_turn.make_env().stop if self.multi_turn else ()  # (imports it before vLLM loads)
-        self.rollout_stats: Any = None  # the last multi-turn rollout's RolloutStats
+        self.rollout_stats: RolloutStats | None = None  # the last multi-turn rollout's (read by bench tools)
         self.engine_index = engine_index
         self.device = torch.device("cuda" if device == "cuda" else "cpu")
         self.tensor_parallel_size = tensor_parallel_size

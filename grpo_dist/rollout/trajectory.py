@@ -178,10 +178,10 @@ class Trajectory:
         record = self.turns[turn.index]
         record.reward, record.tool_calls, record.info = float(reply.reward), int(reply.tool_calls), dict(reply.info)
         if reply.done or not reply.messages:
-            self._finish("length" if turn.finish_reason == "length" else "stop")
+            self.end("length" if turn.finish_reason == "length" else "stop")
             return
         if turn.finish_reason == "length" and self.num_tokens_left(budgets) <= 0:
-            self._finish("length")
+            self.end("length")
             return
         where = f"row {self.prompt.prompt_id}, turn {turn.index}"
         messages = [_truncated(m, renderer, budgets) for m in reply.messages]
@@ -189,7 +189,7 @@ class Trajectory:
             self.messages, messages, where=where
         )
         if len(self.token_ids) + len(ids) >= budgets.max_total_tokens or len(self.turns) >= budgets.max_turns:
-            self._finish("length")  # no room (or no turn) left for the model to read the answer and reply
+            self.end("length")  # no room (or no turn) left for the model to read the answer and reply
             record.info["unanswered"] = True  # (the reply is not in the tokens, so not in the record either)
             return
         record.messages = messages
@@ -197,10 +197,7 @@ class Trajectory:
         self._add_env_tokens(ids)
 
     def end(self, reason: FinishReason) -> None:
-        """End the trajectory without an environment step (the engine aborted the model's turn)."""
-        self._finish(reason)
-
-    def _finish(self, reason: FinishReason) -> None:
+        """End the trajectory: its environment is done, its budget used up, or the engine aborted its turn."""
         self.done = True
         self.finish_reason = reason
 
