@@ -328,7 +328,7 @@ class Controller:
         timing[metric_names.TIMING_TRAINER_IDLE] = max(0.0, 1.0 - learner_busy / timing[metric_names.TIMING_STEP])
         if generated:  # the engines waited for the ranks after generating the batches ahead
             timing[metric_names.TIMING_ROLLOUT_IDLE] = (t_trained - t_overlap) / timing[metric_names.TIMING_STEP]
-        num_tokens = sum(sum(c.mask()) for g in result.groups for c in g.group.completions)  # sampled tokens
+        num_tokens = sum(c.num_model_tokens for g in result.groups for c in g.group.completions)  # sampled tokens
         record = {
             **result.metrics,
             **staleness_metrics(result.groups, learner_version=step - 1),

@@ -52,6 +52,9 @@ ROLLOUT_TOOL_CALLS_MEAN = "rollout/tool_calls_mean"
 """Tool calls per trajectory (multi-turn rollouts only)."""
 ROLLOUT_ENV_S_MEAN = "rollout/env_step_s_mean"
 """Seconds of one environment step (its tool calls), mean over the step's model turns (multi-turn only)."""
+ROLLOUT_FORKS_MEAN = "rollout/forks_mean"
+"""Times per trajectory its chat template rewrote history and it went on as a new sequence (multi-turn with
+``template_check: fork`` only)."""
 RESPONSE_CLIP = "response_length/clip_frac"
 
 TOKENS_PER_S = "throughput/tokens_per_s"

@@ -80,6 +80,8 @@ def _trajectory_text(turns_json: str) -> str:
     for turn in json.loads(turns_json):
         lines.append(f"[model] {turn['text']}")
         lines += [f"[{m.get('role', 'env')}] {m.get('content', '')}" for m in turn.get("messages", [])]
+        if turn.get("forked"):
+            lines.append("[the chat template rewrote the history here: the model went on from its rendering]")
     return "\n".join(lines)
 
 

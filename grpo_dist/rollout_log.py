@@ -20,6 +20,7 @@ VERSIONS_COLUMN = "token_versions"
 PROMPT_IDS_COLUMN = "prompt_token_ids"
 TOKEN_IDS_COLUMN = "token_ids"
 LOSS_MASK_COLUMN = "loss_mask"
+FORKS_COLUMN = "forks"
 
 
 def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[float]]) -> list[dict[str, Any]]:
@@ -34,9 +35,12 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
     the completion under newer weights), ``loss_mask`` (1 for the model's tokens, 0 for an environment's),
     ``num_turns``, ``tool_calls`` and ``turns`` (a multi-turn trajectory's turns as JSON: the model's text,
     the environment's messages, step reward, tool calls; ``[]`` for one answer; ``completion`` is then the
-    last turn's text) and ``reward_<name>`` per component.
+    last turn's text), ``forks`` (a trajectory whose chat template rewrote history, ``template_check: fork``:
+    its later sequences, each ``context_ids``, ``token_ids``, ``logprobs`` and ``loss_mask``; the columns
+    above hold its first; ``response_length`` counts the tokens of all) and ``reward_<name>`` per component.
     """
     import json
+    from dataclasses import asdict
 
     rows = []
     for scored, adv in zip(groups, advantages, strict=True):
@@ -54,7 +58,7 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
                 "advantage": adv[i],
                 "valid": scored.valid[i],
                 "finish_reason": completion.finish_reason,
-                "response_length": len(completion.token_ids),
+                "response_length": completion.response_length,
                 PROMPT_IDS_COLUMN: list(g.prompt.token_ids),
                 TOKEN_IDS_COLUMN: list(completion.token_ids),
                 "weights_version": g.weights_version,
@@ -65,6 +69,7 @@ def rollout_rows(step: int, groups: list[ScoredGroup], advantages: list[list[flo
                 "num_turns": max(1, len(completion.turns)),
                 "tool_calls": sum(int(t.get("tool_calls", 0)) for t in completion.turns),
                 "turns": json.dumps(completion.turns, default=str),  # (an environment's info may hold anything)
+                FORKS_COLUMN: [asdict(f) for f in completion.forks],
             }
             for name, values in scored.components.items():
                 row[COMPONENT_PREFIX + name] = values[i]
@@ -86,12 +91,21 @@ def write_rollouts(run_dir: Path, step: int, rows: list[dict[str, Any]], *, name
         VERSIONS_COLUMN: pa.int64(),
         TOKEN_IDS_COLUMN: pa.int64(),
         LOSS_MASK_COLUMN: pa.int64(),
+        FORKS_COLUMN: pa.struct(
+            [
+                ("context_ids", pa.list_(pa.int64())),
+                ("token_ids", pa.list_(pa.int64())),
+                ("logprobs", pa.list_(pa.float64())),
+                ("loss_mask", pa.list_(pa.int64())),
+            ]
+        ),
     }
     for column, value_type in list_columns.items():
         if column in table.column_names:
             i = table.column_names.index(column)
-            if pa.types.is_null(table.schema.field(i).type.value_type):
-                # every completion of the step was empty: keep the list type so that step files concatenate
+            if table.schema.field(i).type != pa.list_(value_type):
+                # every completion of the step was empty (or had no fork): keep the list type so that step
+                # files concatenate
                 table = table.set_column(i, column, table.column(i).cast(pa.list_(value_type)))
     pq.write_table(table, tmp)
     tmp.replace(path)

@@ -88,7 +88,7 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
     """``reward/*`` and ``response_length/*`` of a step; ``valid`` and ``rewards`` are ``[P, G]``."""
     ok = rewards[valid]
     completions = [c for g in groups for c in g.group.completions]
-    lengths = [sum(c.mask()) for c in completions]  # the model's own tokens (a trajectory's tool output not)
+    lengths = [c.num_model_tokens for c in completions]  # the model's own tokens (a trajectory's tool output not)
     out: dict[str, float] = {
         metric_names.REWARD_MEAN: float(ok.mean()) if ok.numel() else math.nan,
         metric_names.REWARD_STD: float(ok.std(correction=0)) if ok.numel() else math.nan,
@@ -104,6 +104,8 @@ def rollout_metrics(groups: list[ScoredGroup], valid: torch.Tensor, rewards: tor
         out[metric_names.ROLLOUT_TOOL_CALLS_MEAN] = sum(calls) / len(completions)
         env_s = [float(t.get("env_s", 0.0)) for c in completions for t in c.turns]
         out[metric_names.ROLLOUT_ENV_S_MEAN] = sum(env_s) / len(env_s) if env_s else 0.0
+        if any(c.forks for c in completions):
+            out[metric_names.ROLLOUT_FORKS_MEAN] = sum(len(c.forks) for c in completions) / len(completions)
     for name in groups[0].components:
         values = [v for g in groups for v, k in zip(g.components[name], g.valid) if k and math.isfinite(v)]
         out[f"{metric_names.REWARD_PREFIX}{name}"] = sum(values) / len(values) if values else math.nan
@@ -119,9 +121,9 @@ def staleness_metrics(groups: list[ScoredGroup], *, learner_version: int) -> dic
     per token too, and the share of samples a partial rollout continued under newer weights."""
     lags = [learner_version - g.group.weights_version for g in groups]
     completions = [(c, g.group.weights_version) for g in groups for c in g.group.completions]
-    token_lags = [  # the model's tokens (an environment's have no version)
+    token_lags = [  # the model's tokens (an environment's have no version; a fork's have its group's)
         learner_version - v for c, version in completions for v, m in zip(c.versions(version), c.mask()) if m
-    ]
+    ] + [learner_version - version for c, version in completions for f in c.forks for m in f.loss_mask if m]
     return {
         metric_names.ASYNC_STALENESS_MEAN: sum(lags) / len(lags),
         metric_names.ASYNC_STALENESS_MAX: float(max(lags)),

@@ -32,6 +32,19 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One sequence the learner trains on: the context the engine was given, then what followed it (the
+    model's tokens, loss mask 1, and an environment's, 0). A trajectory is one segment unless its chat
+    template rewrote history (``rollout.multi_turn.template_check: fork``): each rewrite starts a segment
+    whose context is the conversation as the template then renders it."""
+
+    context_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    loss_mask: list[int]
+
+
+@dataclass(frozen=True)
 class Completion:
     token_ids: list[int]
     logprobs: list[float]
@@ -51,9 +64,28 @@ class Completion:
     """A multi-turn trajectory's turns (the model's text, then the environment's messages, step reward and
     tool calls), for the reward functions and the rollout log; empty for a single answer."""
 
+    forks: list[Segment] = field(default_factory=list)
+    """A forked trajectory's later segments, in order (``token_ids`` and the fields above are its first, which
+    continues the prompt); empty: the whole trajectory is one sequence."""
+
     def mask(self) -> list[int]:
-        """Each token's loss mask (1 throughout for a single answer)."""
+        """Each token's loss mask (1 throughout for a single answer); of the first segment where it forked."""
         return list(self.loss_mask) if self.loss_mask else [1] * len(self.token_ids)
+
+    def segments(self, prompt_ids: list[int]) -> list[Segment]:
+        """The sequences the learner trains on: the prompt and ``token_ids``, then each fork."""
+        return [Segment(list(prompt_ids), list(self.token_ids), list(self.logprobs), self.mask()), *self.forks]
+
+    @property
+    def num_model_tokens(self) -> int:
+        """Tokens the model sampled, in every segment (an environment's are not counted)."""
+        return sum(self.mask()) + sum(sum(f.loss_mask) for f in self.forks)
+
+    @property
+    def response_length(self) -> int:
+        """Tokens after the prompt, the model's and the environment's, in every segment (what
+        ``data.max_response_length`` bounds)."""
+        return len(self.token_ids) + sum(len(f.token_ids) for f in self.forks)
 
     def versions(self, default: int) -> list[int]:
         """Each token's weights version (``default``, its group's, where none were recorded)."""

@@ -16,6 +16,12 @@ count: masked tokens for ``token-mean``, sequences for the ``seq-mean-*`` modes.
 Sequences with no masked token contribute 0 to the numerator and are NOT counted as sequences, so
 padding rows (added to even out micro-batches or ranks) change neither the loss nor the gradient.
 
+Samples of several rows. A forked multi-turn trajectory is one sample in several rows (its segments),
+which may land in different micro-batches or ranks. ``sample_tokens`` ``[B]`` gives each row the masked
+tokens of its whole sample; in the ``seq-mean-*`` modes a row then counts as ``n_i / sample_tokens_i`` of a
+sequence (its rows sum to one) and ``seq-mean-token-mean`` divides by ``sample_tokens_i``: the loss is the
+one of the sample as a single sequence. None: every row is a sample of its own.
+
 The micro-batch / data-parallel rule. Averaging per-micro-batch means is not the mean of the
 mini-batch when micro-batches hold different token (or sequence) counts, so instead every micro-batch
 is divided by the mini-batch's GLOBAL count and the pieces are summed:
@@ -46,24 +52,40 @@ LOSS_AGG_MODES: tuple[str, ...] = (
 )
 
 
-def _count(mask: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
-    """Scalar tensor: masked tokens (token-mean) or non-empty sequences (seq-mean-*) in ``mask``."""
+def _count(mask: torch.Tensor, loss_agg_mode: str, sample_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Scalar tensor: masked tokens (token-mean) or non-empty sequences (seq-mean-*) in ``mask``, a row of
+    a several-row sample counting as its share of it."""
     valid = mask.bool()  # [B, T]
     if loss_agg_mode == "token-mean":
         return valid.sum()
-    return valid.any(dim=-1).sum()
+    if sample_tokens is None:
+        return valid.any(dim=-1).sum()
+    return (valid.sum(dim=-1) / sample_tokens.clamp(min=1)).sum()
 
 
-def loss_denominator(mask: torch.Tensor, loss_agg_mode: str) -> float:
+def _at_least_one(count: torch.Tensor) -> torch.Tensor:
+    """``count``, or 1 where it is 0 (an empty micro-batch's mean is 0); a fractional count stays as it is."""
+    return torch.where(count > 0, count, torch.ones_like(count))
+
+
+def _check_sample_tokens(sample_tokens: torch.Tensor | None, mask: torch.Tensor) -> None:
+    if sample_tokens is not None and tuple(sample_tokens.shape) != tuple(mask.shape[:1]):
+        shape = tuple(sample_tokens.shape)
+        raise ValueError(f"sample_tokens must have shape [B] = {tuple(mask.shape[:1])}, got {shape}")
+
+
+def loss_denominator(mask: torch.Tensor, loss_agg_mode: str, sample_tokens: torch.Tensor | None = None) -> float:
     """This micro-batch's share of the global loss denominator (see the module docstring for the rule).
 
     ``token-mean``: the number of masked tokens; ``seq-mean-*``: the number of sequences with at least one
-    masked token. Sum it over micro-batches and all-reduce(SUM) it across ranks.
+    masked token (with ``sample_tokens``, each row's share of its sample). Sum it over micro-batches and
+    all-reduce(SUM) it across ranks.
     """
     check_choice("loss_agg_mode", loss_agg_mode, LOSS_AGG_MODES)
     if mask.dim() != 2:
         raise ValueError(f"mask must have shape [B, T], got shape {tuple(mask.shape)}")
-    return float(_count(mask, loss_agg_mode))
+    _check_sample_tokens(sample_tokens, mask)
+    return float(_count(mask, loss_agg_mode, sample_tokens))
 
 
 def data_parallel_denominator(
@@ -112,17 +134,20 @@ def aggregate_loss(
     *,
     max_response_length: int | None = None,
     loss_scale_denominator: float | None = None,
+    sample_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, T] -> []``: reduce a per-token objective over the masked tokens with ``loss_agg_mode``.
 
-    With ``loss_scale_denominator=None`` the micro-batch's own count is used (a plain mean, clamped to at
-    least 1 so an empty micro-batch gives 0); otherwise the given global denominator is used and the
-    result is this micro-batch's additive share of the mini-batch loss.
+    With ``loss_scale_denominator=None`` the micro-batch's own count is used (a plain mean; an empty
+    micro-batch gives 0); otherwise the given global denominator is used and the result is this
+    micro-batch's additive share of the mini-batch loss. ``sample_tokens`` ``[B]``: rows that are parts of
+    one sample (see the module docstring).
     """
     check_loss_agg_args(loss_agg_mode, max_response_length, loss_scale_denominator)
     if values.dim() != 2:
         raise ValueError(f"values must have shape [B, T], got shape {tuple(values.shape)}")
     check_same_shape("mask", mask, "values", values)
+    _check_sample_tokens(sample_tokens, mask)
     valid = mask.bool()  # [B, T]
     v = torch.where(valid, values, torch.zeros_like(values))  # [B, T]; where, not *, so NaN/inf pads vanish
     if loss_agg_mode == "token-mean":
@@ -130,11 +155,12 @@ def aggregate_loss(
     else:
         per_seq = v.sum(dim=-1)  # [B]
         if loss_agg_mode == "seq-mean-token-mean":
-            per_seq = per_seq / valid.sum(dim=-1).clamp(min=1).to(v.dtype)
+            tokens = valid.sum(dim=-1) if sample_tokens is None else sample_tokens
+            per_seq = per_seq / tokens.clamp(min=1).to(v.dtype)
         elif loss_agg_mode == "seq-mean-token-sum-norm":
             assert max_response_length is not None  # checked above
             per_seq = per_seq / max_response_length
         numerator = per_seq.sum()
     if loss_scale_denominator is None:
-        return numerator / _count(mask, loss_agg_mode).clamp(min=1).to(v.dtype)
+        return numerator / _at_least_one(_count(mask, loss_agg_mode, sample_tokens)).to(v.dtype)
     return numerator / loss_scale_denominator

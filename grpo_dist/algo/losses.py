@@ -120,6 +120,7 @@ def policy_loss(
     max_response_length: int | None = None,
     loss_scale_denominator: float | None = None,
     rollout_is_weights: torch.Tensor | None = None,
+    sample_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO loss to minimise and its metrics.
 
@@ -139,6 +140,10 @@ def policy_loss(
       multiplied by its weight. A weight of 0 drops the token from the numerator while the denominators
       (token or sequence counts) are unchanged, so split invariance holds.
     * ``+ kl_coef * kl_penalty(lp, ref, kl_estimator)`` and ``- entropy_coef * entropy``.
+
+    ``sample_tokens`` ``[B]``: where rows are parts of one sample (a forked multi-turn trajectory), each
+    row's sample's masked tokens, so that the ``seq-mean-*`` modes count the sample once
+    (``aggregation.py``).
 
     ``loss_scale_denominator``: ``None`` normalises by this micro-batch (a plain mean). For gradient
     accumulation and data parallelism pass ``data_parallel_denominator(C, world_size=W)`` where ``C`` is
@@ -209,13 +214,18 @@ def policy_loss(
         loss_agg_mode,
         max_response_length=max_response_length,
         loss_scale_denominator=loss_scale_denominator,
+        sample_tokens=sample_tokens,
     )
 
     with torch.no_grad():
         # every metric stays a tensor until the single .tolist() below: one device sync in total
         metrics_t: dict[str, torch.Tensor] = {
-            "loss": aggregate_loss(objective, valid, loss_agg_mode, max_response_length=max_response_length),
-            "pg_loss": aggregate_loss(pg, valid, loss_agg_mode, max_response_length=max_response_length),
+            "loss": aggregate_loss(
+                objective, valid, loss_agg_mode, max_response_length=max_response_length, sample_tokens=sample_tokens
+            ),
+            "pg_loss": aggregate_loss(
+                pg, valid, loss_agg_mode, max_response_length=max_response_length, sample_tokens=sample_tokens
+            ),
             "kl": masked_mean(kl, valid) if kl is not None else lp.new_zeros(()),
             "approx_kl": approx_kl,
             "clip_fraction": masked_mean((clipped_low | clipped_high).to(lp.dtype), valid),

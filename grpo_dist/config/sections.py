@@ -128,8 +128,10 @@ class MultiTurnConfig(Section):
     """Which end of a long environment message is cut: ``right`` keeps its start, ``left`` its end."""
     template_check: Literal["strict", "fork"] = "strict"
     """The prefix invariant of chat-template rendering, checked every turn: ``strict`` stops the rollout
-    naming the row and turn when adding messages rewrites earlier ones. ``fork`` (a new sequence at each
-    rewrite, for templates that drop earlier reasoning) is refused: not implemented yet."""
+    naming the row and turn when adding messages rewrites earlier ones. ``fork``, for templates that do so on
+    purpose (Qwen3's drops earlier turns' reasoning): the trajectory continues as a new sequence whose
+    context is the conversation as the template renders it; the learner trains on each sequence and counts
+    the trajectory once. Plain-text prompts never rewrite history."""
     max_env_workers: int = Field(8, ge=1)
     """Threads per engine that run environment steps (tool calls), so that one slow call does not hold up
     the other samples' turns."""
@@ -147,11 +149,6 @@ class MultiTurnConfig(Section):
     def _check_env(self) -> MultiTurnConfig:
         if self.env is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.env):
             raise ValueError(f"env = {self.env!r}: expected 'package.module:Class'")
-        if self.template_check == "fork":
-            raise ValueError(
-                "template_check = 'fork' (a new sequence where a chat template rewrites history) is not implemented "
-                "yet; use 'strict'"
-            )
         if self.env is None:
             unused = self.changed_fields()
             if unused:

@@ -164,6 +164,12 @@ def _chat_messages(prompt: Any, templated: bool) -> list[dict[str, Any]] | None:
     return [dict(m) for m in prompt]
 
 
+def with_bos(ids: Sequence[int], bos: int | None) -> list[int]:
+    """``ids`` with the tokenizer's BOS in front, unless it has none or ``ids`` already start with it (the
+    module docstring's rule; a multi-turn fork's context is tokenized by it too)."""
+    return [bos, *ids] if bos is not None and (not ids or ids[0] != bos) else list(ids)
+
+
 def build_prompts(
     rows: Sequence[Mapping[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
@@ -209,8 +215,8 @@ def build_prompts(
     total = 0
     shortest: int | None = None
     for index, ids in enumerate(encoded):
-        added_bos = bos is not None and (not ids or ids[0] != bos)
-        token_ids = [bos, *ids] if added_bos else list(ids)
+        token_ids = with_bos(ids, bos)
+        added_bos = len(token_ids) > len(ids)
         stats.num_bos_added += added_bos
         length = len(token_ids)
         total += length

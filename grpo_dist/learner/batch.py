@@ -4,6 +4,12 @@ Layout: each row is prompt + response, right-padded to the longest row. Position
 tensor refers to predicting token t+1 from tokens <= t; ``loss_mask`` is 1 exactly where token t+1 is
 a token the model sampled, of a sample that counts (the reward failure policy may mask whole samples; a
 multi-turn trajectory's environment tokens are 0).
+
+A row is one sequence. A multi-turn trajectory that forked (``rollout.multi_turn.template_check: fork``) is
+several rows, one per segment, each its own context and continuation, sharing the trajectory's advantage.
+``sample_index`` then says which completion each row belongs to (mini-batches cut between completions) and
+``sample_tokens`` how many loss tokens that completion has over all its rows, so that the ``seq-mean-*``
+losses count the trajectory once and average over all its tokens, wherever its rows land.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ class TrainBatch:
     old_logprobs: torch.Tensor | None = None  # [N, L-1]
     ref_logprobs: torch.Tensor | None = None  # [N, L-1]
     versions: torch.Tensor | None = None  # [N, L-1] long: the weights version each target token was sampled with
+    sample_index: torch.Tensor | None = None  # [N] long: each row's completion, in step order (None: row i's is i)
+    sample_tokens: torch.Tensor | None = None  # [N] float: loss tokens of the row's completion in all its rows
 
     @property
     def num_sequences(self) -> int:
@@ -46,6 +54,8 @@ class TrainBatch:
             old_logprobs=None if self.old_logprobs is None else zeros,
             ref_logprobs=None if self.ref_logprobs is None else zeros,
             versions=None if self.versions is None else torch.full((1, 1), -1, dtype=torch.long),
+            sample_index=None if self.sample_index is None else torch.full((1,), -1, dtype=torch.long),
+            sample_tokens=None if self.sample_tokens is None else torch.zeros(1),
         )
 
     def trimmed(self) -> TrainBatch:
@@ -70,19 +80,27 @@ def _take(t: torch.Tensor | None, index: slice | torch.Tensor) -> torch.Tensor |
 
 
 def collate(groups: list[ScoredGroup], advantages: torch.Tensor, *, pad_token_id: int) -> TrainBatch:
-    """Flatten groups (in order) into one right-padded batch; ``advantages`` is ``[num_groups * G]``."""
-    rows, resp_lens, engine_lps, token_versions, valid, masks = [], [], [], [], [], []
+    """Flatten groups (in order) into one right-padded batch, a row per segment of each completion (one,
+    unless a trajectory forked); ``advantages`` is ``[num_groups * G]``, one per completion."""
+    rows, resp_lens, engine_lps, token_versions, valid, masks, owner, owner_tokens = [], [], [], [], [], [], [], []
     for scored in groups:
-        prompt_ids = scored.group.prompt.token_ids
+        version = scored.group.weights_version
         for completion, ok in zip(scored.group.completions, scored.valid):
-            rows.append((len(prompt_ids), list(prompt_ids) + list(completion.token_ids)))
-            resp_lens.append(len(completion.token_ids))
-            masks.append(completion.mask())
-            engine_lps.append(completion.logprobs)
-            token_versions.append(completion.versions(scored.group.weights_version))
-            valid.append(ok)
+            for k, segment in enumerate(completion.segments(scored.group.prompt.token_ids)):
+                rows.append((len(segment.context_ids), segment.context_ids + segment.token_ids))
+                resp_lens.append(len(segment.token_ids))
+                masks.append(segment.loss_mask)
+                engine_lps.append(segment.logprobs)
+                # (a fork's tokens have the group's version: partial rollouts of trajectories are not built)
+                token_versions.append(completion.versions(version) if k == 0 else [version] * len(segment.token_ids))
+                valid.append(ok)
+                owner.append(len(owner_tokens))
+            owner_tokens.append(completion.num_model_tokens if ok else 0)
     n = len(rows)
-    assert advantages.shape == (n,), (advantages.shape, n)
+    assert advantages.shape == (len(owner_tokens),), (advantages.shape, len(owner_tokens))
+    forked = n > len(owner_tokens)
+    index = torch.tensor(owner, dtype=torch.long)
+    advantages = advantages[index]
     width = max(2, max(len(ids) for _, ids in rows))
     input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
@@ -100,4 +118,9 @@ def collate(groups: list[ScoredGroup], advantages: torch.Tensor, *, pad_token_id
             lps[i, start:stop] = torch.tensor(engine_lps[i], dtype=torch.float32)
             versions[i, start:stop] = torch.tensor(token_versions[i], dtype=torch.long)
     adv = torch.where(torch.tensor(valid), advantages.float(), torch.zeros_like(advantages, dtype=torch.float32))
-    return TrainBatch(input_ids, attention, loss_mask, adv, lps, versions=versions)
+    if not forked:
+        return TrainBatch(input_ids, attention, loss_mask, adv, lps, versions=versions)
+    tokens = torch.tensor(owner_tokens, dtype=torch.float32)[index]
+    return TrainBatch(
+        input_ids, attention, loss_mask, adv, lps, versions=versions, sample_index=index, sample_tokens=tokens
+    )

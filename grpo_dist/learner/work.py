@@ -1,7 +1,8 @@
 """A step's batch cut into each learner rank's work: which sequences, in which micro-batches, and the loss
 denominator of each mini-batch. Computed once in the driver (``LearnerGroup``), which sees the whole batch.
 
-Mini-batches are contiguous runs of whole groups (``learner.mini_batch_size`` prompts each); within a
+Mini-batches are contiguous runs of whole groups (``learner.mini_batch_size`` prompts each; a forked
+trajectory's rows stay in its completion's mini-batch, see ``TrainBatch.sample_index``); within a
 mini-batch ``microbatch_plan.plan_micro_batches`` balances sequences over ranks and cuts them into
 micro-batches. The cut depends only on the lengths and the settings, so the old/reference logprob passes
 and the training pass of a step see the same micro-batches. Each mini-batch's loss denominator (tokens or
@@ -11,6 +12,7 @@ the others for it and the loss is the same however the mini-batch is cut.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import torch
@@ -53,24 +55,27 @@ def split_step(
     batch: TrainBatch, *, num_ranks: int, num_minibatches: int, cut: MicroBatching, loss_agg_mode: str
 ) -> list[RankWork]:
     """Each rank's work for ``batch`` (see the module docstring)."""
-    n = batch.num_sequences
+    owner = list(range(batch.num_sequences)) if batch.sample_index is None else batch.sample_index.tolist()
+    n = owner[-1] + 1 if owner else 0  # completions (rows are in completion order)
     if n % num_minibatches:
         raise ValueError(f"{n} sequences do not split into {num_minibatches} equal mini-batches")
     per_mini = n // num_minibatches
+    bounds = [bisect_left(owner, m * per_mini) for m in range(num_minibatches)] + [len(owner)]
     lengths = sequence_lengths(batch)
     rows: list[list[int]] = [[] for _ in range(num_ranks)]
     micro: list[list[list[list[int]]]] = [[] for _ in range(num_ranks)]
     denominators = []
     for m in range(num_minibatches):
-        start = m * per_mini
+        start, stop = bounds[m], bounds[m + 1]
         plan = plan_micro_batches(
-            lengths[start : start + per_mini],
+            lengths[start:stop],
             num_ranks=num_ranks,
             max_tokens=cut.max_tokens,
             max_sequences=cut.max_sequences,
             padded=cut.padded,
         )
-        denominators.append(algo.loss_denominator(batch.loss_mask[start : start + per_mini], loss_agg_mode))
+        tokens = None if batch.sample_tokens is None else batch.sample_tokens[start:stop]
+        denominators.append(algo.loss_denominator(batch.loss_mask[start:stop], loss_agg_mode, tokens))
         for r, rank_plan in enumerate(plan):
             local = []
             for seqs in rank_plan:

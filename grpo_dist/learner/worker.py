@@ -340,6 +340,7 @@ class LearnerWorker:
                         max_response_length=self.cfg.data.max_response_length,
                         loss_scale_denominator=denominator,
                         rollout_is_weights=is_weights,
+                        sample_tokens=None if micro.sample_tokens is None else micro.sample_tokens.to(lp),
                     )
                     t1 = time.perf_counter()
                     engine.backward(loss, scale_wrt_gas=False)

@@ -363,7 +363,7 @@ class RewardScorer:
         completion = group.completions[i]
         available = {
             # the whole response, as data.max_response_length bounds it (a trajectory's tool tokens included)
-            "response_length": len(completion.token_ids),
+            "response_length": completion.response_length,
             "max_response_length": self.max_response_length,
             "finish_reason": completion.finish_reason,
             "prompt": group.prompt.text,

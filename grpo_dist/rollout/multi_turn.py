@@ -283,6 +283,7 @@ class MultiTurnSettings:
     max_tokens_per_turn: int | None = None
     schedule: Schedule = "continuous"
     env_timeout_s: float | None = None
+    template_check: Literal["strict", "fork"] = "strict"
 
     def budgets(self, max_total_tokens: int) -> Budgets:
         return Budgets(
@@ -311,11 +312,16 @@ def sample_completions(
     the time went.
 
     ``seed_of(prompt position, sample, turn)`` seeds each turn's request; chat-message prompts go through
-    the chat template, plain ones are continued as text."""
+    the chat template (forking where it rewrites history, under ``template_check: fork``), plain ones are
+    continued as text."""
     templated = {p.messages is not None for p in prompts}
     if len(templated) > 1:
         raise ValueError("a multi-turn batch mixes chat-message and plain-text prompts; use one kind per dataset")
-    renderer: Renderer = ChatRenderer(tokenizer) if templated == {True} else PlainRenderer(tokenizer)
+    renderer: Renderer = (
+        ChatRenderer(tokenizer, fork=settings.template_check == "fork")
+        if templated == {True}
+        else PlainRenderer(tokenizer)
+    )
     rollout = run_trajectories(
         [p for p in prompts for _ in range(n)],
         sampler=sampler,

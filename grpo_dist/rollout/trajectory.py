@@ -13,14 +13,24 @@ Environment messages become tokens through a ``Renderer``:
 * ``ChatRenderer``: the chat template is rendered over the conversation without and with the new
   messages (as text, the assistant turns as the text of their tokens), and the new part is the suffix. That
   is only right if adding messages never rewrites what came before (the *prefix invariant*), which is
-  checked at every turn: ``strict`` raises naming the row and the turn; templates that rewrite history
-  (those that drop earlier reasoning) need ``fork``, which is not built yet. The template's closing of an
-  assistant turn that the model did not sample itself (a newline after its end-of-turn token, or the
-  end-of-turn token when the turn was cut by length) is appended as environment tokens too.
+  checked at every turn (``rollout.multi_turn.template_check``): ``strict`` raises naming the row and the
+  turn. The template's closing of an assistant turn that the model did not sample itself (a newline after
+  its end-of-turn token, or the end-of-turn token when the turn was cut by length) is appended as
+  environment tokens too.
+
+Forks (``template_check: fork``). Some templates rewrite history on purpose: Qwen3's drops the reasoning of
+assistant turns before the last user message. Appending would then train the model on a context it never
+sees at inference, and re-tokenizing the whole conversation would train it on tokens it never sampled.
+Instead the trajectory forks: its sequence so far is closed as a ``Segment`` and a new one starts whose
+context is the conversation as the template now renders it (tokenized like a prompt). The model's earlier
+turns appear in it only as context (loss mask 0); its turns from then on are its own sampled tokens again.
+The learner trains on every segment, each from the context the engine was given, and counts the
+trajectory once (``TrainBatch.sample_tokens``).
 
 Budgets: ``max_turns`` model turns, ``max_total_tokens`` response tokens shared by all turns (model and
-environment), ``max_turn_tokens`` per model turn, and ``max_tool_response_tokens`` per environment message,
-cut on ``truncation_side``.
+environment, in every segment; a fork's context also stays within the prompt's length plus it, as an
+unforked one does), ``max_turn_tokens`` per model turn, and ``max_tool_response_tokens`` per environment
+message, cut on ``truncation_side``.
 """
 
 from __future__ import annotations
@@ -30,14 +40,28 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from grpo_dist.data.prompts import with_bos
 from grpo_dist.envs.base import EnvReply, Message, ModelTurn
-from grpo_dist.types import Completion, FinishReason, Prompt
+from grpo_dist.types import Completion, FinishReason, Prompt, Segment
 
 TruncationSide = Literal["left", "right"]
 
 
 class TrajectoryError(ValueError):
     """A trajectory cannot be continued token-exactly; the message names the row and the turn."""
+
+
+class HistoryRewrittenError(TrajectoryError):
+    """Adding messages makes the chat template render earlier turns differently (the prefix invariant fails)."""
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """What follows a model turn once the environment answered: tokens to append, or (``fork``) the whole
+    context of a new segment."""
+
+    ids: list[int]
+    fork: bool = False
 
 
 class Renderer(ABC):
@@ -53,6 +77,10 @@ class Renderer(ABC):
     @abstractmethod
     def messages(self, history: list[Message], new: list[Message], *, where: str) -> list[int]:
         """The tokens of ``new`` messages appended after ``history`` (which ends with the model's turn)."""
+
+    def continuation(self, history: list[Message], turn: ModelTurn, new: list[Message], *, where: str) -> Continuation:
+        """The tokens after the model's ``turn`` (the last of ``history``) and the ``new`` messages."""
+        return Continuation(self.closing(history, turn, where=where) + self.messages(history, new, where=where))
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -72,7 +100,12 @@ class PlainRenderer(Renderer):
 
 
 class ChatRenderer(Renderer):
-    """Messages through the tokenizer's chat template, as the suffix of the rendered conversation."""
+    """Messages through the tokenizer's chat template, as the suffix of the rendered conversation; with
+    ``fork``, a template that rewrote history gives a new segment's context instead of an error."""
+
+    def __init__(self, tokenizer: Any, *, fork: bool = False) -> None:
+        super().__init__(tokenizer)
+        self.fork = fork
 
     def _render(self, messages: list[Message], *, generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -82,13 +115,13 @@ class ChatRenderer(Renderer):
         after = self._render(history, generation_prompt=False)
         content = history[-1]["content"]
         if not after.startswith(before):
-            raise TrajectoryError(
+            raise HistoryRewrittenError(
                 f"{where}: the chat template renders the conversation before the model's turn differently once the "
                 "turn is added (its generation prompt is not the start of the assistant turn)"
             )
         start = after.find(content, len(before))
         if start < 0:
-            raise TrajectoryError(
+            raise HistoryRewrittenError(
                 f"{where}: the chat template does not render the model's turn verbatim (it trims or rewrites it)"
             )
         ids = self.encode(after[start + len(content) :])
@@ -102,12 +135,24 @@ class ChatRenderer(Renderer):
         after = self._render([*history, *new], generation_prompt=True)
         if not after.startswith(before):
             i = next((k for k, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
-            raise TrajectoryError(
+            raise HistoryRewrittenError(
                 f"{where}: the chat template rewrites earlier turns when messages are added (first difference at "
                 f"character {i}: {before[i : i + 40]!r} became {after[i : i + 40]!r}); the trajectory cannot be "
-                "continued token-exactly (rollout.multi_turn.template_check = 'fork' is not built yet)"
+                "continued token-exactly (rollout.multi_turn.template_check = 'fork' starts a new sequence there)"
             )
         return self.encode(after[len(before) :])
+
+    def continuation(self, history: list[Message], turn: ModelTurn, new: list[Message], *, where: str) -> Continuation:
+        try:
+            return super().continuation(history, turn, new, where=where)
+        except HistoryRewrittenError:
+            if not self.fork:
+                raise
+            return Continuation(self.context([*history, *new]), fork=True)
+
+    def context(self, messages: list[Message]) -> list[int]:
+        """A fork's context: the conversation rendered with the generation cue, tokenized as a prompt is."""
+        return with_bos(self.encode(self._render(messages, generation_prompt=True)), self.tokenizer.bos_token_id)
 
 
 @dataclass(frozen=True)
@@ -135,6 +180,8 @@ class Turn:
     info: dict[str, Any] = field(default_factory=dict)
     env_s: float = 0.0
     """Seconds the environment took to answer (its tool calls)."""
+    forked: bool = False
+    """The answer started a new segment (the chat template rewrote history; ``template_check: fork``)."""
 
 
 @dataclass
@@ -143,7 +190,8 @@ class Trajectory:
     messages: list[Message]
     """The conversation as text, starting with the prompt's messages."""
     token_ids: list[int] = field(default_factory=list)
-    """Everything after the prompt: model and environment tokens."""
+    """Everything after the current segment's context (the prompt, unless it forked): model and environment
+    tokens."""
     loss_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
@@ -151,11 +199,20 @@ class Trajectory:
     finish_reason: FinishReason = "stop"
     index: int = 0
     """The trajectory's position in its rollout (which sample of which prompt: its seeds)."""
+    context: list[int] | None = None
+    """The current segment's context after a fork (the re-rendered conversation); None: the prompt's ids."""
+    closed: list[Segment] = field(default_factory=list)
+    """The segments before the current one, in order (the first continues the prompt)."""
 
     @property
     def input_ids(self) -> list[int]:
-        """What the engine is given for the next turn: the prompt and the whole trajectory so far."""
-        return [*self.prompt.token_ids, *self.token_ids]
+        """What the engine is given for the next turn: the segment's context and the segment so far."""
+        return [*(self.prompt.token_ids if self.context is None else self.context), *self.token_ids]
+
+    @property
+    def response_tokens(self) -> int:
+        """Model and environment tokens after the contexts, in every segment."""
+        return sum(len(s.token_ids) for s in self.closed) + len(self.token_ids)
 
     def add_model_turn(self, token_ids: Sequence[int], logprobs: Sequence[float], text: str, finish: str) -> ModelTurn:
         assert len(token_ids) == len(logprobs), (len(token_ids), len(logprobs))
@@ -185,40 +242,58 @@ class Trajectory:
             return
         where = f"row {self.prompt.prompt_id}, turn {turn.index}"
         messages = [_truncated(m, renderer, budgets) for m in reply.messages]
-        ids = renderer.closing(self.messages, turn, where=where) + renderer.messages(
-            self.messages, messages, where=where
-        )
-        if len(self.token_ids) + len(ids) >= budgets.max_total_tokens or len(self.turns) >= budgets.max_turns:
+        after = renderer.continuation(self.messages, turn, messages, where=where)
+        if after.fork:
+            room = self._room(budgets, response=self.response_tokens, context=len(after.ids))
+        else:
+            grown = len(after.ids)
+            room = self._room(budgets, response=self.response_tokens + grown, context=len(self.input_ids) + grown)
+        if room <= 0 or len(self.turns) >= budgets.max_turns:
             self.end("length")  # no room (or no turn) left for the model to read the answer and reply
             record.info["unanswered"] = True  # (the reply is not in the tokens, so not in the record either)
             return
         record.messages = messages
         self.messages += messages
-        self._add_env_tokens(ids)
+        if after.fork:
+            self.closed.append(self._segment())
+            self.context, self.token_ids, self.loss_mask, self.logprobs = after.ids, [], [], []
+            record.forked = True
+        else:
+            self._add_env_tokens(after.ids)
 
     def end(self, reason: FinishReason) -> None:
         """End the trajectory: its environment is done, its budget used up, or the engine aborted its turn."""
         self.done = True
         self.finish_reason = reason
 
+    def _room(self, budgets: Budgets, *, response: int, context: int) -> int:
+        """Tokens the model could sample after ``response`` tokens in all, from a context of ``context``."""
+        return min(budgets.max_total_tokens - response, len(self.prompt.token_ids) + budgets.max_total_tokens - context)
+
     def num_tokens_left(self, budgets: Budgets) -> int:
-        return budgets.max_total_tokens - len(self.token_ids)
+        return self._room(budgets, response=self.response_tokens, context=len(self.input_ids))
 
     def turn_budget(self, budgets: Budgets) -> int:
         """New tokens the model may sample in its next turn."""
         left = self.num_tokens_left(budgets)
         return left if budgets.max_turn_tokens is None else min(left, budgets.max_turn_tokens)
 
+    def _segment(self) -> Segment:
+        context = self.prompt.token_ids if self.context is None else self.context
+        return Segment(list(context), list(self.token_ids), list(self.logprobs), list(self.loss_mask))
+
     def completion(self) -> Completion:
         """The trajectory as the learner and the reward functions take it: its text is the model's last
         turn (what answer-matching rewards should read: a tool's output must not pass for the answer)."""
+        first, *forks = [*self.closed, self._segment()]
         return Completion(
-            token_ids=list(self.token_ids),
-            logprobs=list(self.logprobs),
+            token_ids=first.token_ids,
+            logprobs=first.logprobs,
             finish_reason=self.finish_reason,
             text=self.turns[-1].text if self.turns else "",  # the final answer; every turn is in ``turns``
-            loss_mask=list(self.loss_mask),
+            loss_mask=first.loss_mask,
             turns=[asdict(t) for t in self.turns],
+            forks=forks,
         )
 
 

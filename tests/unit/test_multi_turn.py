@@ -4,7 +4,6 @@ where re-tokenizing would change them), environment tokens never count, and the 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 import threading
@@ -22,6 +21,7 @@ from grpo_dist.models.builder import tokenizer_corpus, train_tokenizer
 from grpo_dist.rollout.multi_turn import BatchedSampler, EnvironmentStepError, run_trajectories
 from grpo_dist.rollout.trajectory import Budgets, ChatRenderer, PlainRenderer, Trajectory, TrajectoryError
 from grpo_dist.types import Prompt, RolloutGroup, ScoredGroup
+from tests.unit.scripted_policy import CHAT_TEMPLATE, FORGETFUL, Script, calc_prompt, chat_tok, encode, rollout
 
 BUDGETS = Budgets(max_turns=4, max_total_tokens=256)
 
@@ -31,44 +31,12 @@ def tok() -> Any:
     return train_tokenizer(tokenizer_corpus(0), 512)
 
 
-def _encode(tok: Any, text: str) -> list[int]:
-    return list(tok(text, add_special_tokens=False).input_ids)
-
-
-class Script:
-    """A policy that says fixed things: turn t of every sample is ``turns[t]`` (token ids). Records the ids
-    it was given at each call."""
-
-    def __init__(self, tok: Any, turns: list[list[int]], finish: str = "stop") -> None:
-        self.tok, self.turns, self.finish = tok, turns, finish
-        self.received: list[list[list[int]]] = []
-
-    def __call__(self, trajectories: list[Trajectory], budget: list[int], seeds: list[int]):
-        self.received.append([t.input_ids for t in trajectories])
-        out = []
-        for t, room in zip(trajectories, budget):
-            full = self.turns[len(t.turns)]
-            ids = full[:room]
-            finish = "length" if len(ids) < len(full) else self.finish  # as an engine at max_tokens
-            out.append((ids, [-0.25] * len(ids), self.tok.decode(ids), finish))
-        return out
-
-
-def rollout(prompts: list[Prompt], *, generate: Script, **kwargs: Any) -> list[Trajectory]:
-    """``run_trajectories`` with a scripted policy, batched (each call of ``generate`` one engine call)."""
-    return run_trajectories(prompts, sampler=BatchedSampler(generate), **kwargs).trajectories
-
-
-def _prompt(tok: Any, text: str = "37*48=") -> Prompt:
-    return Prompt(prompt_id=7, token_ids=[tok.bos_token_id, *_encode(tok, text)], text=text, ground_truth="1776")
-
-
 def test_scripted_policy_against_the_calculator_is_token_exact(tok: Any) -> None:
-    call, answer = _encode(tok, "<calculator>37*48</calculator>"), _encode(tok, "1776")
+    call, answer = encode(tok, "<calculator>37*48</calculator>"), encode(tok, "1776")
     script = Script(tok, [call, answer])
-    prompt = _prompt(tok)
+    prompt = calc_prompt(tok)
     (traj,) = rollout([prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS)
-    env_ids = _encode(tok, "<result>1776</result>")
+    env_ids = encode(tok, "<result>1776</result>")
     assert traj.token_ids == call + env_ids + answer
     assert script.received == [[prompt.token_ids], [prompt.token_ids + call + env_ids]]  # the trajectory's prefix
     assert traj.loss_mask == [1] * len(call) + [0] * len(env_ids) + [1] * len(answer)
@@ -84,21 +52,23 @@ def test_the_models_tokens_stay_verbatim_where_re_encoding_would_change_them() -
     """BPE is not a bijection: a turn sampled as a non-canonical split decodes to text that encodes to
     other ids. The trajectory keeps what was sampled."""
     tok = train_tokenizer(["<calculator>37*48</calculator> the answer is 1776"] * 50, 400)  # one with merges
-    canonical = _encode(tok, "<calculator>37*48</calculator>")
+    canonical = encode(tok, "<calculator>37*48</calculator>")
     k = next(i for i, t in enumerate(canonical) if len(tok.decode([t])) > 1)
     piece = tok.decode([canonical[k]])
-    split = canonical[:k] + _encode(tok, piece[0]) + _encode(tok, piece[1:]) + canonical[k + 1 :]
-    assert tok.decode(split) == tok.decode(canonical) and _encode(tok, tok.decode(split)) != split
-    script = Script(tok, [split, _encode(tok, "1776")])
-    (traj,) = rollout([_prompt(tok)], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS)
+    split = canonical[:k] + encode(tok, piece[0]) + encode(tok, piece[1:]) + canonical[k + 1 :]
+    assert tok.decode(split) == tok.decode(canonical) and encode(tok, tok.decode(split)) != split
+    script = Script(tok, [split, encode(tok, "1776")])
+    (traj,) = rollout(
+        [calc_prompt(tok)], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS
+    )
     assert traj.token_ids[: len(split)] == split
-    assert script.received[1][0][len(_prompt(tok).token_ids) :][: len(split)] == split
+    assert script.received[1][0][len(calc_prompt(tok).token_ids) :][: len(split)] == split
 
 
 def test_environment_tokens_change_neither_loss_nor_gradient(tok: Any) -> None:
     """The tool's tokens carry mask 0: whatever logprobs they hold, the loss and its gradient are the same."""
-    script = Script(tok, [_encode(tok, "<calculator>2+2</calculator>"), _encode(tok, "4")])
-    prompt = _prompt(tok, "2+2=")
+    script = Script(tok, [encode(tok, "<calculator>2+2</calculator>"), encode(tok, "4")])
+    prompt = calc_prompt(tok, "2+2=")
     trajs = rollout([prompt, prompt], generate=script, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=BUDGETS)
     completions = [t.completion() for t in trajs]
 
@@ -128,14 +98,14 @@ def test_environment_tokens_change_neither_loss_nor_gradient(tok: Any) -> None:
 
 
 def test_budgets_end_trajectories(tok: Any) -> None:
-    call = _encode(tok, "<calculator>1+1</calculator>")
+    call = encode(tok, "<calculator>1+1</calculator>")
     looping = Script(tok, [call] * 10)
     (traj,) = rollout(
-        [_prompt(tok)], generate=looping, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=Budgets(3, 512)
+        [calc_prompt(tok)], generate=looping, make_env=ToolEnv, renderer=PlainRenderer(tok), budgets=Budgets(3, 512)
     )
     assert len(traj.turns) == 3 and traj.finish_reason == "length"
     (short,) = rollout(
-        [_prompt(tok)],
+        [calc_prompt(tok)],
         generate=Script(tok, [call] * 10),
         make_env=ToolEnv,
         renderer=PlainRenderer(tok),
@@ -155,37 +125,24 @@ def test_tool_responses_are_cut_to_their_budget_on_the_chosen_side(tok: Any, sid
 
     budgets = Budgets(4, 256, max_tool_response_tokens=5, truncation_side=side)  # type: ignore[arg-type]
     (traj,) = rollout(
-        [_prompt(tok)], generate=Script(tok, [[5], [6]]), make_env=Echo, renderer=PlainRenderer(tok), budgets=budgets
+        [calc_prompt(tok)],
+        generate=Script(tok, [[5], [6]]),
+        make_env=Echo,
+        renderer=PlainRenderer(tok),
+        budgets=budgets,
     )
     content = traj.turns[0].messages[0]["content"]
-    assert len(_encode(tok, content)) == 5
+    assert len(encode(tok, content)) == 5
     assert content == ("01234" if side == "right" else "56789")
 
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-FORGETFUL = (  # drops earlier assistant turns once a later one exists: history is rewritten
-    "{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}<|{{ m['role'] }}|>{{ m['content'] }}</s>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def _chat_tok(tok: Any, template: str) -> Any:
-    t = copy.deepcopy(tok)
-    t.chat_template = template
-    t.add_special_tokens({"eos_token": "</s>"})
-    return t
-
-
 def test_chat_messages_are_the_rendered_suffix_after_the_models_own_tokens(tok: Any) -> None:
-    chat = _chat_tok(tok, CHAT_TEMPLATE)
+    chat = chat_tok(tok, CHAT_TEMPLATE)
     messages = [{"role": "user", "content": "37*48="}]
     text = chat.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt = Prompt(prompt_id=3, token_ids=_encode(chat, text), text=text, messages=messages)
-    call = [*_encode(chat, "<calculator>37*48</calculator>"), chat.eos_token_id]  # the model ends its turn
-    script = Script(chat, [call, [*_encode(chat, "1776"), chat.eos_token_id]])
+    prompt = Prompt(prompt_id=3, token_ids=encode(chat, text), text=text, messages=messages)
+    call = [*encode(chat, "<calculator>37*48</calculator>"), chat.eos_token_id]  # the model ends its turn
+    script = Script(chat, [call, [*encode(chat, "1776"), chat.eos_token_id]])
     (traj,) = rollout([prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS)
     env_ids = traj.token_ids[len(call) : traj.loss_mask.index(1, len(call))]
     assert chat.decode(env_ids) == "\n<|tool|><result>1776</result></s>\n<|assistant|>"  # closing + message + cue
@@ -193,12 +150,10 @@ def test_chat_messages_are_the_rendered_suffix_after_the_models_own_tokens(tok: 
 
 
 def test_a_template_that_rewrites_history_is_refused_naming_row_and_turn(tok: Any) -> None:
-    chat = _chat_tok(tok, FORGETFUL)
+    chat = chat_tok(tok, FORGETFUL)
     messages = [{"role": "user", "content": "1+1="}]
     prompt = Prompt(prompt_id=11, token_ids=[5, 6], text="", messages=messages)
-    script = Script(
-        chat, [_encode(chat, "<calculator>1+1</calculator>"), _encode(chat, "<calculator>2+2</calculator>")]
-    )
+    script = Script(chat, [encode(chat, "<calculator>1+1</calculator>"), encode(chat, "<calculator>2+2</calculator>")])
     with pytest.raises(TrajectoryError, match=r"row 11, turn 0: the chat template rewrites earlier turns"):
         rollout([prompt], generate=script, make_env=ToolEnv, renderer=ChatRenderer(chat), budgets=BUDGETS)
 
@@ -213,7 +168,11 @@ def test_a_raising_environment_stops_the_rollout_naming_row_and_turn(tok: Any) -
 
     with pytest.raises(EnvironmentStepError, match=r"row 7, turn 0: KeyError"):
         rollout(
-            [_prompt(tok)], generate=Script(tok, [[5]]), make_env=Broken, renderer=PlainRenderer(tok), budgets=BUDGETS
+            [calc_prompt(tok)],
+            generate=Script(tok, [[5]]),
+            make_env=Broken,
+            renderer=PlainRenderer(tok),
+            budgets=BUDGETS,
         )
 
 
@@ -274,14 +233,14 @@ def test_a_turn_cut_by_its_own_cap_is_still_answered(tok: Any) -> None:
 
     script = Script(tok, [[5] * 10, [6] * 10])
     (traj,) = rollout(
-        [_prompt(tok)],
+        [calc_prompt(tok)],
         generate=script,
         make_env=Nudge,
         renderer=PlainRenderer(tok),
         budgets=Budgets(4, 256, None, "right", 3),
     )
     assert [(t.num_tokens, t.finish_reason) for t in traj.turns] == [(3, "length"), (3, "length")]
-    assert traj.token_ids == [5, 5, 5, *_encode(tok, "go on"), 6, 6, 6]
+    assert traj.token_ids == [5, 5, 5, *encode(tok, "go on"), 6, 6, 6]
 
 
 def test_the_config_reaches_the_trajectories(tok: Any) -> None:
@@ -305,7 +264,7 @@ def test_the_config_reaches_the_trajectories(tok: Any) -> None:
         )
     )
     settings = MultiTurnSettings(**multi_turn_settings(cfg))  # type: ignore[arg-type]
-    call = _encode(tok, "<calculator>123456*7</calculator>")
+    call = encode(tok, "<calculator>123456*7</calculator>")
     turns = [call, call, call]
 
     def generate(trajectories: list[Trajectory], budget: list[int], seeds: list[int]):
@@ -313,7 +272,7 @@ def test_the_config_reaches_the_trajectories(tok: Any) -> None:
         return [(turns[0][:b], [-0.1] * min(b, len(turns[0])), tok.decode(turns[0][:b]), "stop") for b in budget]
 
     ((completion,),), _ = sample_completions(
-        [_prompt(tok)],
+        [calc_prompt(tok)],
         1,
         settings=settings,
         tokenizer=tok,
@@ -323,9 +282,7 @@ def test_the_config_reaches_the_trajectories(tok: Any) -> None:
     )
     assert len(completion.turns) == 2 and completion.finish_reason == "length"  # max_turns = 2
     reply = completion.turns[0]["messages"][0]["content"]
-    assert len(_encode(tok, reply)) == 3 and reply == tok.decode(_encode(tok, "<result>864192</result>")[-3:])
-    with pytest.raises(ValueError, match="not implemented yet"):
-        parse_config(apply_overrides({}, ["rollout.multi_turn.env=a.b:C", "rollout.multi_turn.template_check=fork"]))
+    assert len(encode(tok, reply)) == 3 and reply == tok.decode(encode(tok, "<result>864192</result>")[-3:])
 
 
 class Gate(Environment):
@@ -358,7 +315,7 @@ def test_tool_calls_run_while_other_samples_generate_under_the_continuous_schedu
             Gate.opened.set()  # sample 1's second turn is being generated
         return [([5], [-0.1], "x", "stop") for _ in trajectories]
 
-    prompts = [dataclasses.replace(_prompt(tok), prompt_id=k) for k in range(2)]
+    prompts = [dataclasses.replace(calc_prompt(tok), prompt_id=k) for k in range(2)]
     result = run_trajectories(
         prompts,
         sampler=BatchedSampler(generate),
@@ -394,7 +351,7 @@ def test_an_environment_that_misses_its_deadline_stops_the_rollout(tok: Any) -> 
     began = time.perf_counter()
     with pytest.raises(EnvironmentStepError, match=r"did not answer within .*env_timeout_s = 0.2 s at row 7, turn 0"):
         run_trajectories(
-            [_prompt(tok)],
+            [calc_prompt(tok)],
             sampler=Recording(Script(tok, [[5]])),
             make_env=Slow,
             renderer=PlainRenderer(tok),
@@ -417,7 +374,7 @@ def test_environments_get_each_samples_own_seed_the_same_on_a_rerun(tok: Any) ->
 
     def run() -> list[str]:
         trajectories = run_trajectories(
-            [_prompt(tok)] * 4,
+            [calc_prompt(tok)] * 4,
             sampler=BatchedSampler(Script(tok, [[5], [6]])),
             make_env=Dice,
             renderer=PlainRenderer(tok),
@@ -450,7 +407,7 @@ def test_max_env_workers_is_how_many_environment_steps_run_at_once(tok: Any, wor
             return EnvReply(done=True)
 
     run_trajectories(
-        [_prompt(tok)] * 4,
+        [calc_prompt(tok)] * 4,
         sampler=BatchedSampler(Script(tok, [[5]])),
         make_env=Counting,
         renderer=PlainRenderer(tok),
@@ -472,7 +429,7 @@ def test_a_turn_the_engine_aborted_ends_its_trajectory_without_an_environment_st
             return EnvReply(messages=[{"role": "user", "content": "go on"}])
 
     (traj,) = rollout(
-        [_prompt(tok)],
+        [calc_prompt(tok)],
         generate=Script(tok, [[5], [6]], finish="abort"),
         make_env=Asked,
         renderer=PlainRenderer(tok),
@@ -499,7 +456,11 @@ def test_a_raising_reset_names_the_environment_and_row(tok: Any) -> None:
 
     with pytest.raises(EnvironmentStepError, match=r"environment.reset raised at row 7: KeyError"):
         rollout(
-            [_prompt(tok)], generate=Script(tok, [[5]]), make_env=BadReset, renderer=PlainRenderer(tok), budgets=BUDGETS
+            [calc_prompt(tok)],
+            generate=Script(tok, [[5]]),
+            make_env=BadReset,
+            renderer=PlainRenderer(tok),
+            budgets=BUDGETS,
         )
 
 
@@ -513,7 +474,7 @@ def test_a_step_queued_behind_busy_threads_is_not_counted_against_its_deadline(t
             return EnvReply(done=True)
 
     trajectories = rollout(
-        [_prompt(tok)] * 4,
+        [calc_prompt(tok)] * 4,
         generate=Script(tok, [[5]]),
         make_env=Steady,
         renderer=PlainRenderer(tok),

@@ -372,7 +372,8 @@ def test_a_multi_turn_sample_is_shown_turn_by_turn(tmp_path: Path) -> None:
     (tmp_path / "rollouts").mkdir()
     turns = [
         {"text": "<calculator>56*86</calculator>", "messages": [{"role": "tool", "content": "<result>4816</result>"}]},
-        {"text": "4816", "messages": []},
+        {"text": "4816", "messages": [{"role": "user", "content": "and 2*3?"}], "forked": True},
+        {"text": "6", "messages": []},
     ]
     row = {"prompt_id": 0, "sample_index": 0, "prompt": "56*86=", "completion": "4816", "reward": 1.0}
     pq.write_table(
@@ -382,3 +383,4 @@ def test_a_multi_turn_sample_is_shown_turn_by_turn(tmp_path: Path) -> None:
     text = write_report(tmp_path).summary.read_text()
     assert "**trajectory:**" in text
     assert "[model] <calculator>56*86</calculator>\n[tool] <result>4816</result>\n[model] 4816" in text
+    assert "[user] and 2*3?\n[the chat template rewrote the history here" in text  # a fork (template_check: fork)

@@ -86,3 +86,22 @@ def test_engine_logprobs_column_keeps_its_type_when_every_completion_is_empty(tm
     # so that it concatenates with a step that has tokens
     other = pq.read_table(write_rollouts(tmp_path, 2, rollout_rows(2, [_group(1, ["7"], [1.0], 0)], [[0.0]])))
     assert pa.concat_tables([table, other]).column("engine_logprobs").to_pylist() == [[], [], [-0.5]]
+
+
+def test_a_forked_trajectorys_later_sequences_are_logged_and_steps_still_concatenate(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from grpo_dist.types import Segment
+
+    fork = Segment(context_ids=[1, 7, 2], token_ids=[5, 6], logprobs=[-0.1, -0.2], loss_mask=[1, 1])
+    group = _group(1, ["ab", "c"], [1.0, 0.0], 0)
+    forked = replace(group.group.completions[0], forks=[fork])
+    group = replace(group, group=replace(group.group, completions=[forked, group.group.completions[1]]))
+    table = pq.read_table(write_rollouts(tmp_path, 1, rollout_rows(1, [group], [[1.0, -1.0]])))
+    rows = table.to_pylist()
+    assert rows[0]["forks"] == [
+        {"context_ids": [1, 7, 2], "token_ids": [5, 6], "logprobs": [-0.1, -0.2], "loss_mask": [1, 1]}
+    ]
+    assert rows[1]["forks"] == [] and [r["response_length"] for r in rows] == [4, 1]
+    plain = pq.read_table(write_rollouts(tmp_path, 2, rollout_rows(2, [_group(1, ["7"], [1.0], 0)], [[0.0]])))
+    assert pa.concat_tables([plain, table]).column("forks").to_pylist() == [[], rows[0]["forks"], []]
