@@ -3,6 +3,8 @@ logprobs it reports for the model's tokens (mask 1) are the learner's (its forwa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -85,18 +87,41 @@ def test_two_turn_rollout_logprobs_match_the_learners(
         ]
 
 
-@pytest.mark.parametrize("async_mode", ["sync", "async"])
+FORGETFUL = (  # a chat template that drops earlier assistant turns once a later message exists
+    "{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}<|{{ m['role'] }}|>{{ m['content'] }}</s>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _with_chat_template(model: str, out: Path, template: str) -> str:
+    """A copy of the model directory whose tokenizer has ``template`` (as a user's model ships one)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model, out)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = template
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize(("async_mode", "template_check"), [("sync", None), ("async", "fork")])
 def test_training_steps_with_an_environment_from_the_config(
-    local_ray: None, tiny_assets: dict[str, str], tmp_path, async_mode: str
+    local_ray: None, tiny_assets: dict[str, str], tmp_path: Path, async_mode: str, template_check: str | None
 ) -> None:
     """The user's path: ``rollout.multi_turn.env`` named in the config, two GRPO steps through the real
     actors; every sample has two turns, the environment's step rewards reach the reward (``env_reward``),
     the learner trains on the model's tokens only, and every turn is in the rollout log. Also with
     rollouts overlapping training (``trainer.async_mode = async``): whole groups of trajectories, each
-    tagged with the weights version it was sampled with."""
+    tagged with the weights version it was sampled with; there the prompts are chat messages and the
+    model's chat template drops the model's first turn once the user answers (``template_check: fork``):
+    each trajectory goes on from the template's rendering, and the learner trains on both sequences with
+    the engine's logprobs."""
     import json
 
     import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
 
     from grpo_dist.config import load_config
     from grpo_dist.controller import Controller
@@ -104,10 +129,20 @@ def test_training_steps_with_an_environment_from_the_config(
     from tests.integration.conftest import TINY_CONFIG, tiny_overrides
 
     run_dir = tmp_path / "run"
+    assets = dict(tiny_assets)
+    chat = []
+    if template_check == "fork":
+        assets["model"] = _with_chat_template(tiny_assets["model"], tmp_path / "chat_model", FORGETFUL)
+        chat = [
+            "data.apply_chat_template=always",
+            "data.max_prompt_length=64",
+            "data.max_response_length=64",  # (the template's tags are many tokens for this tokenizer)
+            f"rollout.multi_turn.template_check={template_check}",
+        ]
     cfg = load_config(
         TINY_CONFIG,
         [
-            *tiny_overrides(tiny_assets, run_dir),
+            *tiny_overrides(assets, run_dir),
             "trainer.total_steps=2",
             "trainer.eval_every=0",
             "data.eval_files=[]",  # (no held-out evaluation: it is the same engine call)
@@ -120,6 +155,7 @@ def test_training_steps_with_an_environment_from_the_config(
             "reward.functions=[{name: env_reward, kwargs: {mode: last}}, {name: exact_match}]",
             "sync.probe_tolerance=1e-4",
             f"trainer.async_mode={async_mode}",
+            *chat,
         ],
     )
     with Controller(cfg) as controller:
@@ -130,13 +166,26 @@ def test_training_steps_with_an_environment_from_the_config(
     assert all(m["rollout/num_turns_mean"] == 2.0 and m["rollout/tool_calls_mean"] == 0.0 for m in steps)
     assert all(m["reward/env_reward"] == 1.0 for m in steps)  # mode last: the second step's reward
     table = pq.read_table(run_dir / "rollouts" / "step_000001.parquet").to_pylist()
+    tok = AutoTokenizer.from_pretrained(assets["model"])
     for row in table:
         turns = json.loads(row["turns"])
         assert row["num_turns"] == 2 and [t["reward"] for t in turns] == [0.5, 1.0]
-        assert sum(row["loss_mask"]) == sum(t["num_tokens"] for t in turns) < len(row["token_ids"])
         assert row["completion"] == turns[-1]["text"]
-    # the learner counted the model's tokens only
-    assert steps[0]["learner/loss_tokens"] == sum(sum(r["loss_mask"]) for r in table if r["valid"])
+        if template_check == "fork":  # the first sequence is the first turn; the second starts from the rendering
+            (fork,) = row["forks"]
+            assert (
+                row["loss_mask"] == [1] * turns[0]["num_tokens"] and fork["loss_mask"] == [1] * turns[1]["num_tokens"]
+            )
+            assert tok.decode(fork["context_ids"]).endswith("</s>\n<|user|> 12+30=</s>\n<|assistant|>")
+            assert [t["forked"] for t in turns] == [True, False]
+        else:
+            assert sum(row["loss_mask"]) == sum(t["num_tokens"] for t in turns) < len(row["token_ids"])
+    # the learner counted the model's tokens only (of every sequence)
+    model_tokens = [sum(r["loss_mask"]) + sum(sum(f["loss_mask"]) for f in r["forks"]) for r in table if r["valid"]]
+    assert steps[0]["learner/loss_tokens"] == sum(model_tokens)
+    if template_check == "fork":  # the engine's logprobs of both sequences are the learner's (same weights at step 1)
+        assert all(m["rollout/forks_mean"] == 1.0 for m in steps)
+        assert steps[0]["rollout_corr/logp_diff_max"] < 1e-4
     if async_mode == "async":  # step 2 trained on trajectories sampled before step 1's update reached the engine
         later = pq.read_table(run_dir / "rollouts" / "step_000002.parquet").to_pylist()
         assert {r["weights_version"] for r in later} <= {0, 1} and steps[1]["async/staleness_max"] <= 1
