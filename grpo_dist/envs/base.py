@@ -101,9 +101,12 @@ def environment_class(path: str, kwargs: dict[str, Any] | None = None) -> type[E
 
 
 def load_environment(path: str, kwargs: dict[str, Any] | None = None) -> Environment:
-    """An instance of the environment class at ``package.module:Class``; a clear error if it is not one."""
+    """An instance of the environment class at ``package.module:Class``; a clear error if it is not one, or
+    if its constructor raises (the kwargs fit: ``environment_class`` bound them)."""
     cls = environment_class(path, kwargs)
     try:
         return cls(**(kwargs or {}))
-    except TypeError as exc:
-        raise ValueError(f"rollout.multi_turn.env_kwargs do not fit {path}: {exc}") from exc
+    except Exception as exc:  # a user's constructor: re-raised naming it
+        raise ValueError(
+            f"rollout.multi_turn.env = {path!r}: its constructor raised {type(exc).__name__}: {exc}"
+        ) from exc

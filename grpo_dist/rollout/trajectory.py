@@ -86,7 +86,8 @@ class Renderer(ABC):
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        """The text of ``ids`` as they are (special tokens included: a cut message keeps what it said)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 class PlainRenderer(Renderer):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 import threading
 import time
 from typing import Any, ClassVar
@@ -121,7 +122,8 @@ def test_tool_responses_are_cut_to_their_budget_on_the_chosen_side(tok: Any, sid
             pass
 
         def step(self, turn: ModelTurn) -> EnvReply:
-            return EnvReply(messages=[{"role": "tool", "content": "0123456789" * 3}], done=turn.index > 0)
+            content = "0<|eos|>123456789" * 3  # (a special token's text in a tool's output)
+            return EnvReply(messages=[{"role": "tool", "content": content}], done=turn.index > 0)
 
     budgets = Budgets(4, 256, max_tool_response_tokens=5, truncation_side=side)  # type: ignore[arg-type]
     (traj,) = rollout(
@@ -133,7 +135,7 @@ def test_tool_responses_are_cut_to_their_budget_on_the_chosen_side(tok: Any, sid
     )
     content = traj.turns[0].messages[0]["content"]
     assert len(encode(tok, content)) == 5
-    assert content == ("01234" if side == "right" else "56789")
+    assert content == ("0<|eos|>123" if side == "right" else "56789")  # the kept tokens' text, as it was
 
 
 def test_chat_messages_are_the_rendered_suffix_after_the_models_own_tokens(tok: Any) -> None:
@@ -221,6 +223,19 @@ def test_environments_load_by_import_path_with_clear_errors() -> None:
         load_environment("grpo_dist.envs.nope:Env")
     with pytest.raises(ValueError, match="env_kwargs do not fit"):
         load_environment("grpo_dist.envs.tools:ToolEnv", {"colour": "red"})
+
+    class Picky(Environment):
+        def __init__(self, size: int = 1) -> None:
+            len(size)  # type: ignore[arg-type]  (a bug in the user's constructor: a TypeError, kwargs fine)
+
+        def reset(self, prompt: Prompt, seed: int) -> None: ...
+
+        def step(self, turn: ModelTurn) -> EnvReply:
+            return EnvReply(done=True)
+
+    sys.modules[__name__].Picky = Picky  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"Picky'.*its constructor raised TypeError: object of type 'int' has no len"):
+        load_environment(f"{__name__}:Picky")
 
 
 def test_a_turn_cut_by_its_own_cap_is_still_answered(tok: Any) -> None:
