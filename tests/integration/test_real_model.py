@@ -216,3 +216,60 @@ def test_lora_adapter_engine_computes_the_learners_policy_and_the_merged_model(
 
     assert max_diff(served, from_merged) < 1e-4
     assert max_diff(served, from_base) > 1e-2  # the adapter moved the policy
+
+
+def test_a_hermes_tool_loop_through_the_real_chat_template_is_token_exact(smollm2: Path) -> None:
+    """SmolLM2's own template (ChatML, with its default system message) over a scripted hermes tool call:
+    the prefix holds (no fork even where forks are allowed), the tool's answer is the template's ``tool``
+    turn, and the engine's input for the next turn is the whole conversation as the template renders it."""
+    from transformers import AutoTokenizer
+
+    from grpo_dist.data.prompts import with_bos
+    from grpo_dist.envs.tools import ToolEnv
+    from grpo_dist.rollout.multi_turn import BatchedSampler, run_trajectories
+    from grpo_dist.rollout.trajectory import Budgets, ChatRenderer
+    from grpo_dist.types import Prompt
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+
+    def encode(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False).input_ids)
+
+    def rendered(messages: list[dict[str, str]]) -> list[int]:
+        return with_bos(
+            encode(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)), tok.bos_token_id
+        )
+
+    question = [{"role": "user", "content": "What is 37*48? Use the calculator."}]
+    prompt = Prompt(prompt_id=1, token_ids=rendered(question), text="", messages=question)
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "37*48"}}</tool_call>'
+    turns = [[*encode(call), tok.eos_token_id], [*encode("37*48 = 1776."), tok.eos_token_id]]
+    received: list[list[int]] = []
+
+    def generate(trajectories, budgets, seeds):  # type: ignore[no-untyped-def]
+        received.extend(t.input_ids for t in trajectories)
+        return [
+            (
+                turns[len(t.turns)],
+                [-0.5] * len(turns[len(t.turns)]),
+                tok.decode(turns[len(t.turns)], skip_special_tokens=True),
+                "stop",
+            )
+            for t in trajectories
+        ]
+
+    (traj,) = run_trajectories(
+        [prompt],
+        sampler=BatchedSampler(generate),
+        make_env=lambda: ToolEnv(call_format="hermes"),
+        renderer=ChatRenderer(tok, fork=True),
+        budgets=Budgets(max_turns=4, max_total_tokens=256),
+    ).trajectories
+    assert [t.forked for t in traj.turns] == [False, False] and traj.turns[0].messages == [
+        {"role": "tool", "content": "1776"}
+    ]
+    env = traj.token_ids[len(turns[0]) : len(traj.token_ids) - len(turns[1])]
+    assert tok.decode(env) == "\n<|im_start|>tool\n1776<|im_end|>\n<|im_start|>assistant\n"
+    assert traj.loss_mask == [1] * len(turns[0]) + [0] * len(env) + [1] * len(turns[1])
+    conversation = [*question, {"role": "assistant", "content": call}, {"role": "tool", "content": "1776"}]
+    assert received[1] == rendered(conversation) == [*prompt.token_ids, *turns[0], *env]
