@@ -284,6 +284,7 @@ def _plot_tools(train: list[Record], path: Path) -> Path | None:
         (metric_names.ROLLOUT_TOOL_CALLS_MEAN, "tool calls per sample", "C1"),
         (metric_names.ROLLOUT_NUM_TURNS_MEAN, "model turns per sample", "C0"),
         (metric_names.ROLLOUT_ENV_S_MEAN, "s per environment step", "C7"),
+        (metric_names.ROLLOUT_FORKS_MEAN, "forks per sample (template rewrote history)", "C3"),
     )
     return _plot_panels(train, specs, "Multi-turn rollouts: tools and turns", path)
 

@@ -38,7 +38,8 @@ class EngineTurnSampler(TurnSampler):
     def submit(self, trajectory: Trajectory, max_tokens: int, seed: int) -> None:
         request_id = f"{self.prefix}-{trajectory.index}-{len(trajectory.turns)}"
         prompt, params = self.make_request(trajectory.input_ids, max_tokens, seed)
-        self.engine.add_request(request_id, prompt, params, lora_request=self.lora_request)
+        (rendered,) = self.engine.renderer.render_cmpl([prompt])  # (the engine's input, as add_request wants it)
+        self.engine.add_request(request_id, rendered, params, lora_request=self.lora_request)
         self.live[request_id] = trajectory.index
 
     def step(self) -> list[tuple[int, TurnOutput]]:
