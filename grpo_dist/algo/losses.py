@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from grpo_dist.algo._checks import check_choice, check_finite_number, check_same_shape
-from grpo_dist.algo._masking import masked, masked_max, masked_mean
+from grpo_dist.algo._masking import masked, masked_max, masked_mean, sample_mean
 from grpo_dist.algo.aggregation import aggregate_loss, check_loss_agg_args
 from grpo_dist.algo.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_penalty
 
@@ -27,7 +27,11 @@ RATIO_LEVELS: tuple[str, ...] = ("token", "sequence")
 
 
 def importance_log_ratio(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, ratio_level: str = "token"
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    ratio_level: str = "token",
+    sample_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, T]`` log of the importance ratio applied at each token (0 at masked positions).
 
@@ -39,15 +43,15 @@ def importance_log_ratio(
     Both are clamped to +-``LOG_RATIO_CLAMP`` and the gradient past the clamp is 0: per token for
     ``token``; for ``sequence`` every token of a sequence whose ``|log s_i|`` exceeds the clamp, through the
     indicator in ``sg[clamp(log s_i)] + 1[|log s_i| <= LOG_RATIO_CLAMP] * (lp - sg[lp])`` (at the bound
-    itself the gradient is the unclamped one).
+    itself the gradient is the unclamped one). ``sample_index`` ``[B]``: rows that are segments of one sample
+    (a forked trajectory) share its ``log s_i``, the mean over all their tokens.
     """
     check_choice("ratio_level", ratio_level, RATIO_LEVELS)
     valid = mask.bool()  # [B, T]
     token_lr = masked(logprobs - old_logprobs, valid)  # [B, T]
     if ratio_level == "token":
         return token_lr.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    lengths = valid.sum(dim=-1, keepdim=True).clamp(min=1).to(token_lr.dtype)  # [B, 1]
-    seq_lr = (token_lr.sum(dim=-1, keepdim=True) / lengths).detach()  # [B, 1]
+    seq_lr = sample_mean(token_lr, valid, sample_index).detach()  # [B, 1]
     inside = (seq_lr.abs() <= LOG_RATIO_CLAMP).to(token_lr.dtype)  # [B, 1]; 0 past the clamp: no gradient
     lp = masked(logprobs, valid)  # [B, T]
     clamped = seq_lr.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, 1]
@@ -62,6 +66,7 @@ def _check_policy_loss_args(
     ref_logprobs: torch.Tensor | None,
     entropy: torch.Tensor | None,
     rollout_is_weights: torch.Tensor | None,
+    sample_index: torch.Tensor | None,
     *,
     clip_ratio_low: float,
     clip_ratio_high: float,
@@ -82,6 +87,10 @@ def _check_policy_loss_args(
     ):
         if t is not None:
             check_same_shape(name, t, "logprobs", logprobs)
+    if sample_index is not None and tuple(sample_index.shape) != tuple(logprobs.shape[:1]):
+        raise ValueError(
+            f"sample_index must have shape [B] = {tuple(logprobs.shape[:1])}, got {tuple(sample_index.shape)}"
+        )
     if advantages.shape not in (logprobs.shape[:1], logprobs.shape):
         raise ValueError(
             f"advantages has shape {tuple(advantages.shape)}; expected [B] = {tuple(logprobs.shape[:1])} "
@@ -121,6 +130,7 @@ def policy_loss(
     loss_scale_denominator: float | None = None,
     rollout_is_weights: torch.Tensor | None = None,
     sample_tokens: torch.Tensor | None = None,
+    sample_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO loss to minimise and its metrics.
 
@@ -143,7 +153,8 @@ def policy_loss(
 
     ``sample_tokens`` ``[B]``: where rows are parts of one sample (a forked multi-turn trajectory), each
     row's sample's masked tokens, so that the ``seq-mean-*`` modes count the sample once
-    (``aggregation.py``).
+    (``aggregation.py``); ``sample_index`` ``[B]``, which rows share a sample, so that GSPO's sequence ratio
+    is the sample's (all of a sample's rows must then be in this batch, as ``learner.work`` plans them).
 
     ``loss_scale_denominator``: ``None`` normalises by this micro-batch (a plain mean). For gradient
     accumulation and data parallelism pass ``data_parallel_denominator(C, world_size=W)`` where ``C`` is
@@ -161,7 +172,7 @@ def policy_loss(
     ``entropy`` (if given), ``num_tokens``, ``num_sequences`` (non-empty ones).
     """
     _check_policy_loss_args(
-        logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, rollout_is_weights,
+        logprobs, old_logprobs, advantages, mask, ref_logprobs, entropy, rollout_is_weights, sample_index,
         clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_c=clip_ratio_c,
         ratio_level=ratio_level, kl_coef=kl_coef, kl_estimator=kl_estimator, entropy_coef=entropy_coef,
     )  # fmt: skip
@@ -178,7 +189,7 @@ def policy_loss(
         approx_kl = lp.new_zeros(())
     else:
         old = masked(old_logprobs.detach().to(lp.dtype), valid)  # [B, T]
-        ratio = torch.exp(importance_log_ratio(lp, old, valid, ratio_level))  # [B, T]
+        ratio = torch.exp(importance_log_ratio(lp, old, valid, ratio_level, sample_index))  # [B, T]
         pg_unclipped = -adv * ratio  # [B, T]
         pg_clipped = -adv * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)  # [B, T]
         pg = torch.maximum(pg_unclipped, pg_clipped)  # [B, T]

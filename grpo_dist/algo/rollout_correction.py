@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo_dist.algo._checks import check_choice, check_finite_number, check_same_shape
-from grpo_dist.algo._masking import masked, masked_max
+from grpo_dist.algo._masking import masked, masked_max, sample_mean
 from grpo_dist.algo.kl import LOG_RATIO_CLAMP
 
 CORRECTION_MODES: tuple[str, ...] = ("none", "tis", "icepop", "seq_mask_tis")
@@ -89,12 +89,14 @@ def rollout_is_weights(
     icepop_high: float = 5.0,
     seq_mask_low: float = 0.999,
     seq_mask_high: float = 1.001,
+    sample_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weights, affected)``, both ``[B, T]``: the detached correction weight ``w_t`` of ``mode`` (see the
     module docstring; 0 outside ``mask``) and a bool, True at loss-mask tokens it truncated or masked.
 
     Thresholds are inclusive: a ratio exactly at ``tis_clip`` is not truncated, one exactly at a band's
-    bound is kept. With ``old == engine`` every mode's weights are exactly 1.
+    bound is kept. With ``old == engine`` every mode's weights are exactly 1. ``sample_index`` ``[B]``: rows
+    that are segments of one sample (a forked trajectory, all its rows in this batch) share its ``g_i``.
     """
     check_choice("mode", mode, CORRECTION_MODES)
     check_finite_number("tis_clip", tis_clip, minimum=0.0, strict=True)
@@ -113,8 +115,7 @@ def rollout_is_weights(
     weights = torch.where(valid, rho.clamp(max=tis_clip), zeros)  # [B, T]
     if mode == "tis":
         return weights, truncated
-    lengths = valid.sum(dim=-1, keepdim=True).clamp(min=1).to(r.dtype)  # [B, 1]
-    geo = torch.exp((r.sum(dim=-1, keepdim=True) / lengths).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # [B, 1]
+    geo = torch.exp(sample_mean(r, valid, sample_index).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # [B, 1]
     keep_seq = (geo >= seq_mask_low) & (geo <= seq_mask_high)  # [B, 1]
     return torch.where(keep_seq, weights, zeros), valid & (truncated | ~keep_seq)
 

@@ -89,8 +89,6 @@ def cross_field_errors(cfg: Config) -> list[str]:
         )
     errors += _async_errors(cfg)
     errors += _lora_errors(cfg)
-    if r.multi_turn.template_check == "fork":
-        errors += _fork_errors(cfg)
     if a.clip_ratio_c is not None and a.ratio_level == "sequence":
         errors.append("algo.clip_ratio_c (dual clip) is defined for token-level ratios; unset it for GSPO")
     if cfg.trainer.resume not in ("never", "auto") and not cfg.trainer.resume:
@@ -122,23 +120,6 @@ def _lora_errors(cfg: Config) -> list[str]:
         errors.append(
             f"model.lora.rank = {lora.rank} with model.lora.sync = 'adapter': vLLM serves adapters up to rank {top}; "
             "lower the rank or use model.lora.sync = 'merged'"
-        )
-    return errors
-
-
-def _fork_errors(cfg: Config) -> list[str]:
-    """A forked trajectory is several sequences: what is defined per sequence would be per segment."""
-    a, why = cfg.algo, "a forked trajectory is several sequences, and a sequence-level quantity over all of them"
-    errors = []
-    if a.ratio_level == "sequence":
-        errors.append(
-            f"algo.ratio_level = 'sequence' (GSPO) with rollout.multi_turn.template_check = 'fork': {why} (the "
-            "importance ratio) is not implemented yet; use algo.ratio_level = 'token' or template_check = 'strict'"
-        )
-    if a.rollout_correction.mode == "seq_mask_tis":
-        errors.append(
-            f"algo.rollout_correction.mode = 'seq_mask_tis' with rollout.multi_turn.template_check = 'fork': {why} "
-            "(the geometric-mean ratio) is not implemented yet; use 'tis' or 'icepop', or template_check = 'strict'"
         )
     return errors
 

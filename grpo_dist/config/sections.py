@@ -131,7 +131,8 @@ class MultiTurnConfig(Section):
     naming the row and turn when adding messages rewrites earlier ones. ``fork``, for templates that do so on
     purpose (Qwen3's drops earlier turns' reasoning): the trajectory continues as a new sequence whose
     context is the conversation as the template renders it; the learner trains on each sequence and counts
-    the trajectory once. Plain-text prompts never rewrite history."""
+    the trajectory once (its GSPO ratio and ``seq_mask_tis`` mean span all its sequences). Plain-text
+    prompts never rewrite history."""
     max_env_workers: int = Field(8, ge=1)
     """Threads per engine that run environment steps (tool calls), so that one slow call does not hold up
     the other samples' turns."""

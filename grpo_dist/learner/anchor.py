@@ -81,6 +81,7 @@ def anchor_and_correction(
         icepop_high=rc.icepop_high,
         seq_mask_low=rc.seq_mask_low,
         seq_mask_high=rc.seq_mask_high,
+        sample_index=micro.sample_index,
     )
     stats = algo.mismatch_stats(learner_lp, engine_lp, mask, affected) if measure else None
     return old, None if rc.mode == "none" else weights, stats

@@ -1,10 +1,10 @@
 """A step's batch cut into each learner rank's work: which sequences, in which micro-batches, and the loss
 denominator of each mini-batch. Computed once in the driver (``LearnerGroup``), which sees the whole batch.
 
-Mini-batches are contiguous runs of whole groups (``learner.mini_batch_size`` prompts each; a forked
-trajectory's rows stay in its completion's mini-batch, see ``TrainBatch.sample_index``); within a
+Mini-batches are contiguous runs of whole groups (``learner.mini_batch_size`` prompts each); within a
 mini-batch ``microbatch_plan.plan_micro_batches`` balances sequences over ranks and cuts them into
-micro-batches. The cut depends only on the lengths and the settings, so the old/reference logprob passes
+micro-batches. A forked trajectory's rows (``TrainBatch.sample_index``) stay in one mini-batch and one
+micro-batch. The cut depends only on the lengths and the settings, so the old/reference logprob passes
 and the training pass of a step see the same micro-batches. Each mini-batch's loss denominator (tokens or
 sequences, ``algo.loss_denominator``) is counted here over the whole mini-batch, so no rank needs to ask
 the others for it and the loss is the same however the mini-batch is cut.
@@ -73,6 +73,7 @@ def split_step(
             max_tokens=cut.max_tokens,
             max_sequences=cut.max_sequences,
             padded=cut.padded,
+            units=None if batch.sample_index is None else _units(owner[start:stop]),
         )
         tokens = None if batch.sample_tokens is None else batch.sample_tokens[start:stop]
         denominators.append(algo.loss_denominator(batch.loss_mask[start:stop], loss_agg_mode, tokens))
@@ -86,6 +87,18 @@ def split_step(
         RankWork(batch.select(torch.tensor(rows[r], dtype=torch.long)), micro[r], denominators, rows[r])
         for r in range(num_ranks)
     ]
+
+
+def _units(owner: list[int]) -> list[list[int]]:
+    """The rows of each completion (``owner``: each row's completion, rows in completion order), as indices
+    into ``owner``: a forked trajectory's segments share a micro-batch (its sequence-level ratio spans them)."""
+    units: list[list[int]] = []
+    for i, o in enumerate(owner):
+        if i and o == owner[i - 1]:
+            units[-1].append(i)
+        else:
+            units.append([i])
+    return units
 
 
 def merge_rows(parts: list[torch.Tensor], works: list[RankWork], num_sequences: int, width: int) -> torch.Tensor:

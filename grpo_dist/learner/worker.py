@@ -341,6 +341,7 @@ class LearnerWorker:
                         loss_scale_denominator=denominator,
                         rollout_is_weights=is_weights,
                         sample_tokens=None if micro.sample_tokens is None else micro.sample_tokens.to(lp),
+                        sample_index=micro.sample_index,
                     )
                     t1 = time.perf_counter()
                     engine.backward(loss, scale_wrt_gas=False)

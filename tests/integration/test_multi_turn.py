@@ -117,7 +117,7 @@ def test_training_steps_with_an_environment_from_the_config(
     tagged with the weights version it was sampled with; there the prompts are chat messages and the
     model's chat template drops the model's first turn once the user answers (``template_check: fork``):
     each trajectory goes on from the template's rendering, and the learner trains on both sequences with
-    the engine's logprobs."""
+    the engine's logprobs (under GSPO's sequence-level ratio)."""
     import json
 
     import pyarrow.parquet as pq
@@ -138,6 +138,7 @@ def test_training_steps_with_an_environment_from_the_config(
             "data.max_prompt_length=64",
             "data.max_response_length=64",  # (the template's tags are many tokens for this tokenizer)
             f"rollout.multi_turn.template_check={template_check}",
+            "algo.ratio_level=sequence",  # (GSPO: a trajectory's sequences share one ratio and a micro-batch)
         ]
     cfg = load_config(
         TINY_CONFIG,

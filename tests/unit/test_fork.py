@@ -210,13 +210,7 @@ def test_a_forked_trajectory_counts_once_whatever_the_loss_mode_and_the_split(mo
         return value
 
     whole = loss([0, 1, 2])
-    # the same tokens, the forked completion as one row: its two segments' loss positions side by side
-    joined_lp = torch.cat([lp[0, 1:4], lp[1, 3:5]]).unsqueeze(0)
-    one = torch.nn.functional.pad(joined_lp, (0, 1))
-    plain = lp[2:3, :]
-    values = torch.cat([one, plain])
-    mask = torch.tensor([[1.0] * 5 + [0.0], batch.loss_mask[2].tolist()])
-    expected, _ = algo.policy_loss(values, None, torch.tensor([1.0, -1.0]), mask, **kw)
+    expected, _ = algo.policy_loss(_joined(batch, lp), None, torch.tensor([1.0, -1.0]), _joined_mask(batch), **kw)
     torch.testing.assert_close(whole, expected)
     count = algo.loss_denominator(batch.loss_mask, mode, batch.sample_tokens)
     assert count == (9.0 if mode == "token-mean" else 2.0)
@@ -246,14 +240,86 @@ def test_a_forked_trajectorys_rows_stay_in_its_mini_batch() -> None:
         assert batch.sample_index[rows].tolist() == owners
 
 
-def test_fork_is_refused_with_sequence_level_ratios_and_reaches_the_engines() -> None:
+def test_fork_reaches_the_engines_and_takes_sequence_level_ratios() -> None:
     from grpo_dist.rollout.multi_turn import MultiTurnSettings
     from grpo_dist.rollout.pool import multi_turn_settings
 
     fork = ["rollout.multi_turn.env=grpo_dist.envs.tools:ToolEnv", "rollout.multi_turn.template_check=fork"]
     settings = MultiTurnSettings(**multi_turn_settings(parse_config(apply_overrides({}, fork))))  # type: ignore[arg-type]
     assert settings.template_check == "fork"
-    with pytest.raises(ValueError, match=r"algo.ratio_level = 'sequence' \(GSPO\) with .*template_check = 'fork'"):
-        parse_config(apply_overrides({}, [*fork, "algo.ratio_level=sequence"]))
-    with pytest.raises(ValueError, match=r"seq_mask_tis' with rollout.multi_turn.template_check = 'fork'"):
-        parse_config(apply_overrides({}, [*fork, "algo.rollout_correction.mode=seq_mask_tis"]))
+    gspo = parse_config(
+        apply_overrides({}, [*fork, "algo.ratio_level=sequence", "algo.rollout_correction.mode=seq_mask_tis"])
+    )
+    assert gspo.algo.ratio_level == "sequence" and gspo.algo.rollout_correction.mode == "seq_mask_tis"
+
+
+def _joined(batch: Any, x: torch.Tensor) -> torch.Tensor:
+    """``x`` of ``_forked_group``'s batch with the forked completion as one row: its two segments' loss
+    positions side by side (then the plain completion's row as it is)."""
+    one = torch.nn.functional.pad(torch.cat([x[0, 1:4], x[1, 3:5]]).unsqueeze(0), (0, 1))
+    return torch.cat([one, x[2:3, :]])
+
+
+def _joined_mask(batch: Any) -> torch.Tensor:
+    return torch.tensor([[1.0] * 5 + [0.0], batch.loss_mask[2].tolist()])
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean"])
+def test_gspos_sequence_ratio_of_a_forked_trajectory_is_the_whole_trajectorys(mode: str) -> None:
+    """GSPO: one ratio per sample, the mean log-ratio over the tokens of all its segments. Loss and gradient
+    over the three rows equal those of the same tokens with the forked completion as one sequence; with each
+    segment its own ratio (no ``sample_index``) they do not."""
+    batch = collate([_forked_group()], torch.tensor([1.0, -1.0]), pad_token_id=0)
+    old = torch.linspace(-2.0, -0.1, batch.loss_mask.numel()).reshape(batch.loss_mask.shape)
+    shift = torch.zeros_like(old)
+    shift[0], shift[1] = 0.3, -0.05  # the first segment moved, the fork hardly: per-segment ratios differ
+    kw = {"loss_agg_mode": mode, "ratio_level": "sequence", "clip_ratio_low": 0.5, "clip_ratio_high": 0.5}
+
+    def run(lp_rows: torch.Tensor, old_rows: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, **extra: Any):
+        lp = lp_rows.clone().requires_grad_(True)
+        value, metrics = algo.policy_loss(lp, old_rows, adv, mask, **kw, **extra)
+        value.backward()
+        return value.detach(), lp.grad, metrics
+
+    lp = old + shift
+    rows = {"sample_tokens": batch.sample_tokens, "sample_index": batch.sample_index}
+    value, grad, metrics = run(lp, old, batch.advantages, batch.loss_mask, **rows)
+    one, one_grad, one_metrics = run(
+        _joined(batch, lp), _joined(batch, old), torch.tensor([1.0, -1.0]), _joined_mask(batch)
+    )
+    torch.testing.assert_close(value, one)
+    torch.testing.assert_close(_joined(batch, grad), one_grad)
+    assert metrics["ratio_mean"] == pytest.approx(one_metrics["ratio_mean"])
+    segments, _, _ = run(lp, old, batch.advantages, batch.loss_mask, sample_tokens=batch.sample_tokens)
+    assert abs(float(segments) - float(value)) > 1e-3
+
+
+def test_seq_mask_tis_keeps_or_drops_a_forked_trajectory_whole() -> None:
+    """The geometric-mean ratio of ``seq_mask_tis`` spans all of a sample's segments: a trajectory whose
+    first segment alone is in the band, its fork far outside, is dropped in both rows, as the joined
+    sequence is."""
+    batch = collate([_forked_group()], torch.tensor([1.0, -1.0]), pad_token_id=0)
+    engine = batch.engine_logprobs
+    old = engine.clone()
+    old[1] += 0.5  # the fork: far off the engine; the first segment and the plain row: exact
+    kw = {"mode": "seq_mask_tis", "seq_mask_low": 0.9, "seq_mask_high": 1.1}
+    weights, affected = algo.rollout_is_weights(old, engine, batch.loss_mask, sample_index=batch.sample_index, **kw)
+    one, one_affected = algo.rollout_is_weights(_joined(batch, old), _joined(batch, engine), _joined_mask(batch), **kw)
+    torch.testing.assert_close(_joined(batch, weights), one)
+    assert _joined(batch, affected.float()).tolist() == one_affected.float().tolist()
+    assert weights[0].sum() == 0 and weights[2].sum() == 4.0  # dropped whole; the plain row kept
+    per_segment, _ = algo.rollout_is_weights(old, engine, batch.loss_mask, **kw)
+    assert per_segment[0].sum() == 3.0  # (each segment on its own would keep the first)
+
+
+def test_a_forked_trajectorys_rows_share_a_micro_batch() -> None:
+    group = _forked_group().group
+    plain = ScoredGroup(RolloutGroup(group.prompt, [group.completions[1]] * 2, 0, 0), [0.0, 0.0], {}, [True, True])
+    batch = collate([plain, _forked_group(), _forked_group()], torch.zeros(6), pad_token_id=0)
+    for cut in (MicroBatching(None, 1, True), MicroBatching(8, None, False), MicroBatching(20, 2, True)):
+        works = split_step(batch, num_ranks=2, num_minibatches=1, cut=cut, loss_agg_mode="seq-mean-token-mean")
+        micros = [[w.rows[i] for i in micro] for w in works for micro in w.micro_batches[0]]
+        assert sorted(r for m in micros for r in m) == list(range(batch.num_sequences))
+        owners = [set(batch.sample_index[m].tolist()) for m in micros]
+        for sample in (2, 4):  # the forked completions
+            assert sum(sample in o for o in owners) == 1, (cut, micros)

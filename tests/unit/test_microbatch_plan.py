@@ -79,3 +79,42 @@ def test_plan_invariants(
     loads = [sum(_tokens(lengths, m) for m in rank) for rank in plan]
     assert max(loads) - min(loads) <= max(lengths)  # greedy balance: within one sequence
     assert plan == plan_micro_batches(list(lengths), **kw)  # deterministic
+
+
+def test_units_share_a_micro_batch_and_are_refused_unless_they_split_the_sequences() -> None:
+    lengths = [30, 30, 30, 30]
+    # alone, 0 and 3 would pair up by first fit; as a unit, 1 and 3 go together and the budget counts both
+    assert plan_micro_batches(lengths, num_ranks=1, max_tokens=60) == [[[0, 1], [2, 3]]]
+    assert plan_micro_batches(lengths, num_ranks=1, max_tokens=60, units=[[0], [1, 3], [2]]) == [[[1, 3], [0, 2]]]
+    for units in ([[0, 1], [1, 2], [3]], [[0], [1], [2]], [[0, 1], [], [2, 3]]):
+        with pytest.raises(ValueError, match="units must split the 4 sequence indices"):
+            plan_micro_batches(lengths, num_ranks=1, max_tokens=60, units=units)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=3), min_size=1, max_size=24),
+    num_ranks=st.integers(min_value=1, max_value=4),
+    max_tokens=st.integers(min_value=1, max_value=512),
+    max_sequences=st.one_of(st.none(), st.integers(min_value=1, max_value=8)),
+    padded=st.booleans(),
+)
+def test_plan_invariants_with_units(
+    sizes: list[list[int]], num_ranks: int, max_tokens: int, max_sequences: int | None, padded: bool
+) -> None:
+    lengths = [n for unit in sizes for n in unit]
+    starts = [sum(len(u) for u in sizes[:k]) for k in range(len(sizes))]
+    units = [list(range(s, s + len(u))) for s, u in zip(starts, sizes)]
+    kw = {"num_ranks": num_ranks, "max_tokens": max_tokens, "max_sequences": max_sequences, "padded": padded}
+    plan = plan_micro_batches(lengths, units=units, **kw)
+    assert len({len(rank) for rank in plan}) == 1
+    micros = [micro for rank in plan for micro in rank]
+    assert sorted(i for micro in micros for i in micro) == list(range(len(lengths)))
+    for unit in units:  # each unit whole in one micro-batch
+        assert sum(set(unit) <= set(micro) for micro in micros) == 1
+    for micro in micros:
+        whole = [u for u in units if set(u) <= set(micro)]
+        cost = len(micro) * max(lengths[i] for i in micro) if padded and micro else _tokens(lengths, micro)
+        assert len(whole) <= 1 or cost <= max_tokens  # within budget, or a unit alone
+        assert len(whole) <= 1 or max_sequences is None or len(micro) <= max_sequences
+    assert plan == plan_micro_batches(lengths, units=units, **kw)
