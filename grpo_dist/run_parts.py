@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from grpo_dist import cluster
 from grpo_dist.config import Config
+from grpo_dist.config.sections import LoraConfig
 from grpo_dist.placement import check_resources, place_roles, reward_cpus, role_specs, total_cpus
 from grpo_dist.preflight import RunInputs
 from grpo_dist.run_state import RunState
@@ -163,9 +164,9 @@ def _start_actors(parts: RunParts, run_dir: Path, *, training: bool, state: RunS
         )
 
 
-LORA_SHAPE_FIELDS = ("rank", "alpha", "target_modules")
+LORA_SHAPE_FIELDS = ("rank", "alpha", "use_rslora", "target_modules")
 """What a checkpoint's trainable state depends on: resuming under other values would load tensors of other
-shapes (DeepSpeed fails deep inside) or, for ``alpha``, silently train another policy."""
+shapes (DeepSpeed fails deep inside) or, for ``alpha`` and ``use_rslora``, silently train another policy."""
 
 
 def check_same_trainable(cfg: Config, checkpoint: Path) -> None:
@@ -181,7 +182,9 @@ def check_same_trainable(cfg: Config, checkpoint: Path) -> None:
     now = cfg.model.lora.model_dump(mode="json")
     if before.get("rank", 0) == 0 and now["rank"] == 0:
         return
-    changed = [f"model.lora.{k} {before.get(k)!r} -> {now[k]!r}" for k in LORA_SHAPE_FIELDS if before.get(k) != now[k]]
+    # (a field a checkpoint predates had its default then)
+    saved_lora = {k: before.get(k, LoraConfig.model_fields[k].default) for k in LORA_SHAPE_FIELDS}
+    changed = [f"model.lora.{k} {saved_lora[k]!r} -> {now[k]!r}" for k in LORA_SHAPE_FIELDS if saved_lora[k] != now[k]]
     if changed:
         raise ValueError(
             f"cannot resume from {checkpoint}: it was trained with other trainable parameters ({', '.join(changed)}); "

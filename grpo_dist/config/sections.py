@@ -56,8 +56,13 @@ class LoraConfig(Section):
     rank: int = Field(0, ge=0)
     """Adapter rank r; 0 turns LoRA off (the whole model trains)."""
     alpha: float = Field(32.0, gt=0.0)
-    """The adapter's output is scaled by ``alpha / rank``. With alpha fixed, the best learning rate barely
-    depends on the rank; LoRA wants about 10x full fine-tuning's learning rate."""
+    """The adapter's output is scaled by ``alpha / rank`` (``alpha / sqrt(rank)`` with ``use_rslora``). With
+    alpha fixed, the best learning rate barely depends on the rank; LoRA wants about 10x full fine-tuning's
+    learning rate."""
+    use_rslora: bool = False
+    """rsLoRA (Kalajdzievski 2023): scale by ``alpha / sqrt(rank)``, which keeps the adapters' updates from
+    vanishing at high ranks. peft's ``use_rslora``; the engines (vLLM reads it from the adapter's config) and
+    the merged weights use the same scale."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the adapters' input in the training forward only. The logprobs compared with the engines'
     and a recomputed PPO anchor are computed without it, so with dropout an unchanged policy's ratio is not

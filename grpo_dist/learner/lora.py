@@ -2,7 +2,7 @@
 
 With LoRA on, the learner's module is a peft ``PeftModel``: every targeted linear layer holds its frozen
 ``base_layer`` and two small trainable matrices ``A [r, in]`` and ``B [out, r]``, and computes
-``x @ (W0 + s * B @ A).T`` with ``s = alpha / r``. Its parameters carry peft's names
+``x @ (W0 + s * B @ A).T`` with ``s = alpha / r`` (``alpha / sqrt(r)`` under rsLoRA). Its parameters carry peft's names
 (``base_model.model.<name>`` and ``<layer>.base_layer.weight``, ``<layer>.lora_A.default.weight``). Three
 things leave a rank, and each wants other tensors under other names:
 
@@ -111,6 +111,7 @@ def peft_config(lora: LoraConfig) -> Any:
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
+        use_rslora=lora.use_rslora,
         target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
@@ -139,7 +140,8 @@ def wrap(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
 
 
 def layer_scales(model: torch.nn.Module) -> dict[str, float]:
-    """``alpha / r`` of every adapted layer of a peft model, keyed by the layer's parameter-name prefix."""
+    """The scale ``s`` of every adapted layer of a peft model (``alpha / r``, or ``alpha / sqrt(r)`` under
+    rsLoRA: peft's own), keyed by the layer's parameter-name prefix."""
     from peft.tuners.lora import LoraLayer
 
     return {name: float(m.scaling[ADAPTER]) for name, m in model.named_modules() if isinstance(m, LoraLayer)}

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 PARITY = 1e-4  # fp32: engine vs learner logprobs, as the issue asks
 LORA = ["model.lora.rank=8", "model.lora.alpha=16"]
+RSLORA_ZERO3 = ["learner.zero_stage=3", "model.lora.use_rslora=true"]  # scale 16 / sqrt(8), not 16 / 8
 
 
 def _overrides(assets: dict[str, str], run_dir: Path, sync: str, *extra: str) -> list[str]:
@@ -106,7 +107,8 @@ def test_merged_sync_keeps_engines_on_the_learners_policy_and_never_touches_the_
 def test_adapter_sync_serves_the_learners_policy_and_matches_the_merged_model(
     local_ray: None, tiny_assets: dict[str, str], tmp_path: Path
 ) -> None:
-    """``adapter`` under ZeRO-3 (every export gathers its sources on all ranks): only the adapter travels
+    """``adapter`` under ZeRO-3 (every export gathers its sources on all ranks) and rsLoRA (the engines must
+    take the adapter's scale from its config, as vLLM does, or the probe fails): only the adapter travels
     and every sync is checked by behaviour; the checkpoint holds a peft adapter that
     ``PeftModel.from_pretrained`` loads and a merged model, and the engines serving the adapter compute what
     transformers computes with either (< 1e-4); a run resumed from the step-2 checkpoint (its engines start
@@ -120,7 +122,7 @@ def test_adapter_sync_serves_the_learners_policy_and_matches_the_merged_model(
     from grpo_dist.controller import Controller
 
     run_dir = tmp_path / "adapter"
-    cfg = load_config(TINY_CONFIG, _overrides(tiny_assets, run_dir, "adapter", "learner.zero_stage=3"))
+    cfg = load_config(TINY_CONFIG, _overrides(tiny_assets, run_dir, "adapter", *RSLORA_ZERO3))
     with Controller(cfg) as controller:
         controller.start()
         controller.run()
@@ -134,7 +136,7 @@ def test_adapter_sync_serves_the_learners_policy_and_matches_the_merged_model(
     final = run_dir / "final"
     adapter_dir = final / "adapter"
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    assert config["r"] == 8 and config["lora_alpha"] == 16 and config["peft_type"] == "LORA"
+    assert config["r"] == 8 and config["lora_alpha"] == 16 and config["peft_type"] == "LORA" and config["use_rslora"]
     base = AutoModelForCausalLM.from_pretrained(tiny_assets["model"], dtype=torch.float32)
     with_adapter = _logprobs(PeftModel.from_pretrained(base, str(adapter_dir)).eval(), seqs)
     merged = _logprobs(AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval(), seqs)
@@ -147,7 +149,7 @@ def test_adapter_sync_serves_the_learners_policy_and_matches_the_merged_model(
     resumed = load_config(
         TINY_CONFIG,
         [
-            *_overrides(tiny_assets, resumed_dir, "adapter", "learner.zero_stage=3"),
+            *_overrides(tiny_assets, resumed_dir, "adapter", *RSLORA_ZERO3),
             f"trainer.resume={run_dir / 'checkpoints' / 'step_000002'}",
         ],
     )

@@ -47,8 +47,10 @@ def _export(model: torch.nn.Module, view: lora.ExportView) -> WeightExport:
     return WeightExport(model, view, rank=0, zero3=False, bucket_bytes=1 << 14, scales=lora.layer_scales(model))
 
 
-def test_merged_view_is_the_plain_models_state_under_its_own_names() -> None:
-    base, model = _wrapped(alpha=8.0)
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_merged_view_is_the_plain_models_state_under_its_own_names(use_rslora: bool) -> None:
+    base, model = _wrapped(alpha=8.0, use_rslora=use_rslora)
+    assert set(lora.layer_scales(model).values()) == {8.0 / 2 if use_rslora else 8.0 / 4}  # alpha / sqrt(r)
     merged = _export(model, "merged").state_dict()
     assert merged is not None
     assert list(merged) == [n for n, _ in base.named_parameters()]  # same names, same order, tied head once
@@ -77,11 +79,14 @@ def test_materialize_computes_w0_plus_scaled_b_a_in_float32() -> None:
     assert torch.equal(out, (w0.float() + 0.5 * b @ a).bfloat16())
 
 
-def test_adapter_view_holds_only_a_and_b_under_peft_saved_names(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_adapter_view_holds_only_a_and_b_under_peft_saved_names(tmp_path: Path, use_rslora: bool) -> None:
+    """Also under rsLoRA: the adapter file says so (vLLM reads ``use_rslora`` from it), and the model loaded
+    from it computes what the learner's does."""
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
 
-    base, model = _wrapped(target_modules=["q_proj", "v_proj"])
+    base, model = _wrapped(target_modules=["q_proj", "v_proj"], use_rslora=use_rslora)
     table = _export(model, "adapter").table
     expected = get_peft_model_state_dict(model)  # what peft's save_pretrained writes
     assert [e.meta.name for e in table] == list(expected)
@@ -90,7 +95,9 @@ def test_adapter_view_holds_only_a_and_b_under_peft_saved_names(tmp_path: Path) 
 
     state = _export(model, "adapter").state_dict()
     assert state is not None
-    save_adapter(str(tmp_path), state, lora.adapter_config(model, base_model="unused"))
+    config = lora.adapter_config(model, base_model="unused")
+    assert config["use_rslora"] is use_rslora
+    save_adapter(str(tmp_path), state, config)
     loaded = PeftModel.from_pretrained(base, str(tmp_path)).eval()
     ids = torch.tensor([[1, 5, 9, 33, 2]])
     with torch.no_grad():
@@ -132,6 +139,7 @@ def _cfg(*overrides: str) -> Config:
     [
         (["model.lora.alpha=8"], "alpha = 8.0 set while rank = 0"),
         (["model.lora.sync=merged"], "sync = 'merged' set while rank = 0"),
+        (["model.lora.use_rslora=true"], "use_rslora = True set while rank = 0"),
         (["model.lora.rank=4", "model.lora.target_modules=[]"], "name at least one module"),
         (["model.lora.rank=4", "model.lora.target_modules=[q_proj, lm_head]"], r"\['lm_head'\]"),
         (["model.lora.rank=600"], "up to rank 512"),
@@ -175,6 +183,13 @@ def test_resume_refuses_a_checkpoint_trained_with_other_adapters(tmp_path: Path)
         check_same_trainable(_cfg(*lora8, "model.lora.alpha=8"), checkpoint(*lora8))
     with pytest.raises(ValueError, match=r"model\.lora\.rank 0 -> 8"):
         check_same_trainable(_cfg(*lora8), checkpoint())  # a full fine-tune's checkpoint
+    with pytest.raises(ValueError, match=r"model\.lora\.use_rslora False -> True"):
+        check_same_trainable(_cfg(*lora8, "model.lora.use_rslora=true"), checkpoint(*lora8))
+    older = checkpoint(*lora8)  # a checkpoint written before the field existed: it had the default
+    state = json.loads((older / CONTROLLER_STATE).read_text())
+    del state["config"]["model"]["lora"]["use_rslora"]
+    (older / CONTROLLER_STATE).write_text(json.dumps(state))
+    check_same_trainable(_cfg(*lora8), older)
 
 
 def test_dropout_acts_in_the_training_forward_only() -> None:
